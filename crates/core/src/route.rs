@@ -80,6 +80,8 @@ pub enum Rule {
     Metered,
     /// The remote backend is cooling down after failures: the cloud is refused for now.
     RemoteCoolingDown,
+    /// The remote backend reports it cannot serve (failed, not configured correctly).
+    RemoteUnavailable,
     /// Thermal level critical: the local model is refused.
     ThermalCritical,
     /// Thermal level at or above the policy's `prefer_cloud_at`.
@@ -124,6 +126,7 @@ impl Rule {
             Rule::Offline => "offline",
             Rule::Metered => "metered",
             Rule::RemoteCoolingDown => "remote_cooling_down",
+            Rule::RemoteUnavailable => "remote_unavailable",
             Rule::ThermalCritical => "thermal_critical",
             Rule::ThermalHot => "thermal_hot",
             Rule::BatteryCritical => "battery_critical",

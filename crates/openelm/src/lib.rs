@@ -1,1 +1,2 @@
-
+//! OpenELM on candle.
+#![deny(missing_docs)]

@@ -1,0 +1,542 @@
+//! Policy files: how a router weighs its signals, where its bars are, which fallbacks it may
+//! take. TOML, with a documented default for every field, so `mode = "auto"` alone is a
+//! valid policy.
+//!
+//! ```toml
+//! mode = "auto"          # auto | prefer_local | local_only | prefer_cloud | cloud_only
+//! threshold = 0.45       # auto: the cloud when the weighted score reaches this
+//!
+//! [weights]              # each >= 0; cloud-pushing minus device-pushing signals
+//! complexity = 1.0
+//! privacy = 1.0
+//! battery = 0.5
+//! thermal = 0.5
+//! network = 0.5
+//! capability = 1.0
+//!
+//! [privacy]
+//! bar = 0.7              # at or above: the device only, whatever the mode
+//! redact_above = 0.3     # from here to the bar: redact before the cloud, restore after
+//!
+//! [battery]
+//! low = 0.2              # at or below (not charging): battery pressure starts
+//! critical = 0.1         # at or below (not charging): the cloud when it is allowed
+//!
+//! [thermal]
+//! fair = 0.25            # the thermal signal's value at each level
+//! serious = 0.7
+//! local_forbidden_at = "critical"   # serious | critical: from here the device never runs
+//!
+//! [network]
+//! metered = 0.5          # the network signal on a metered link
+//!
+//! [fallback]
+//! offline_to_local = true
+//! remote_error_to_local = true
+//! local_error_to_cloud = true
+//! mid_stream = true      # a broken stream continues on the other backend
+//! ```
+
+use std::fmt;
+use std::path::Path;
+
+use elmroute_core::{Mode, ThermalLevel};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A number in 0..=1, checked while the file is read so the error points at the value.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+#[serde(transparent)]
+pub struct Unit(f32);
+
+impl Unit {
+    /// Checks `v` is finite and within 0..=1.
+    pub fn new(v: f32) -> Result<Self, String> {
+        if v.is_finite() && (0.0..=1.0).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(format!("expected a number from 0 to 1, found {v}"))
+        }
+    }
+
+    /// The value.
+    pub fn get(self) -> f32 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Unit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        Unit::new(v as f32).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A signal weight: finite, 0..=100.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+#[serde(transparent)]
+pub struct Weight(f32);
+
+impl Weight {
+    /// Checks `v` is finite and within 0..=100.
+    pub fn new(v: f32) -> Result<Self, String> {
+        if v.is_finite() && (0.0..=100.0).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(format!("expected a weight from 0 to 100, found {v}"))
+        }
+    }
+
+    /// The value.
+    pub fn get(self) -> f32 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Weight {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        Weight::new(v as f32).map_err(serde::de::Error::custom)
+    }
+}
+
+/// How much each signal counts in `auto` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Weights {
+    /// Complexity (toward the cloud). Default 1.0.
+    pub complexity: Weight,
+    /// Privacy (toward the device). Default 1.0.
+    pub privacy: Weight,
+    /// Battery pressure (toward the cloud). Default 0.5.
+    pub battery: Weight,
+    /// Heat (toward the cloud). Default 0.5.
+    pub thermal: Weight,
+    /// Network cost (toward the device). Default 0.5.
+    pub network: Weight,
+    /// Local capability shortfall (toward the cloud). Default 1.0.
+    pub capability: Weight,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            complexity: Weight(1.0),
+            privacy: Weight(1.0),
+            battery: Weight(0.5),
+            thermal: Weight(0.5),
+            network: Weight(0.5),
+            capability: Weight(1.0),
+        }
+    }
+}
+
+/// Privacy bars.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyPolicy {
+    /// At or above: the device only, whatever the mode. Default 0.7.
+    pub bar: Unit,
+    /// From here up to the bar: private spans are redacted before the cloud sees them and
+    /// restored in the answer. Default 0.3. Must not exceed `bar`.
+    pub redact_above: Unit,
+}
+
+impl Default for PrivacyPolicy {
+    fn default() -> Self {
+        Self {
+            bar: Unit(0.7),
+            redact_above: Unit(0.3),
+        }
+    }
+}
+
+/// Battery levels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatteryPolicy {
+    /// At or below, not charging: the battery signal rises from 0.5. Default 0.2.
+    pub low: Unit,
+    /// At or below, not charging: the signal is 1.0 and `auto` picks the cloud when allowed.
+    /// Default 0.1. Must not exceed `low`.
+    pub critical: Unit,
+    /// The battery signal's floor while low-power mode is on. Default 0.5.
+    pub low_power: Unit,
+}
+
+impl Default for BatteryPolicy {
+    fn default() -> Self {
+        Self {
+            low: Unit(0.2),
+            critical: Unit(0.1),
+            low_power: Unit(0.5),
+        }
+    }
+}
+
+/// Thermal levels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThermalPolicy {
+    /// The thermal signal at `fair`. Default 0.25.
+    pub fair: Unit,
+    /// The thermal signal at `serious`. Default 0.7. (Nominal is 0, critical 1.)
+    pub serious: Unit,
+    /// From this level up the device never runs the model: `serious` or `critical`
+    /// (default). Critical always forbids it.
+    pub local_forbidden_at: ThermalLevel,
+}
+
+impl Default for ThermalPolicy {
+    fn default() -> Self {
+        Self {
+            fair: Unit(0.25),
+            serious: Unit(0.7),
+            local_forbidden_at: ThermalLevel::Critical,
+        }
+    }
+}
+
+/// Network costs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkPolicy {
+    /// The network signal on a metered link. Default 0.5.
+    pub metered: Unit,
+}
+
+impl Default for NetworkPolicy {
+    fn default() -> Self {
+        Self {
+            metered: Unit(0.5),
+        }
+    }
+}
+
+/// Which fallbacks are allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FallbackPolicy {
+    /// The cloud was preferred but the network is offline: answer on the device. Default true.
+    pub offline_to_local: bool,
+    /// The cloud failed: answer on the device. Default true.
+    pub remote_error_to_local: bool,
+    /// The device failed: answer in the cloud (privacy rules still apply). Default true.
+    pub local_error_to_cloud: bool,
+    /// A stream broke after its first tokens: continue on the other backend with the text so
+    /// far (privacy rules still apply). Default true.
+    pub mid_stream: bool,
+}
+
+impl Default for FallbackPolicy {
+    fn default() -> Self {
+        Self {
+            offline_to_local: true,
+            remote_error_to_local: true,
+            local_error_to_cloud: true,
+            mid_stream: true,
+        }
+    }
+}
+
+/// A routing policy. Build one with [`Policy::from_file`], [`Policy::from_toml`] or
+/// [`Policy::default`] (the `balanced` policy) and adjust fields in code if you like.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// The routing mode. Default `auto`.
+    pub mode: Mode,
+    /// `auto` picks the cloud when the weighted score reaches this. Default 0.45; any finite
+    /// number from -10 to 10.
+    pub threshold: Threshold,
+    /// Signal weights.
+    pub weights: Weights,
+    /// Privacy bars.
+    pub privacy: PrivacyPolicy,
+    /// Battery levels.
+    pub battery: BatteryPolicy,
+    /// Thermal levels.
+    pub thermal: ThermalPolicy,
+    /// Network costs.
+    pub network: NetworkPolicy,
+    /// Allowed fallbacks.
+    pub fallback: FallbackPolicy,
+}
+
+/// The `auto` threshold: finite, -10..=10.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+#[serde(transparent)]
+pub struct Threshold(f32);
+
+impl Threshold {
+    /// Checks `v` is finite and within -10..=10.
+    pub fn new(v: f32) -> Result<Self, String> {
+        if v.is_finite() && (-10.0..=10.0).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(format!("expected a number from -10 to 10, found {v}"))
+        }
+    }
+
+    /// The value.
+    pub fn get(self) -> f32 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Threshold {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        Threshold::new(v as f32).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Auto,
+            threshold: Threshold(0.45),
+            weights: Weights::default(),
+            privacy: PrivacyPolicy::default(),
+            battery: BatteryPolicy::default(),
+            thermal: ThermalPolicy::default(),
+            network: NetworkPolicy::default(),
+            fallback: FallbackPolicy::default(),
+        }
+    }
+}
+
+/// A policy that could not be read. Names the file, the key and the line.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("{file}: cannot read policy: {source}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema.
+    #[error("{file}:{line}:{column}: {}{message}", key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+    Invalid {
+        /// The file (or the name given to a string source).
+        file: String,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The dotted key, when known (`battery.low`).
+        key: Option<String>,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+}
+
+impl PolicyError {
+    /// The dotted key at fault, when known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            PolicyError::Invalid { key, .. } => key.as_deref(),
+            PolicyError::Io { .. } => None,
+        }
+    }
+
+    /// The 1-based line at fault, when known.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            PolicyError::Invalid { line, .. } => Some(*line),
+            PolicyError::Io { .. } => None,
+        }
+    }
+}
+
+impl Policy {
+    /// Reads a policy file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+            file: file.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &file)
+    }
+
+    /// Parses policy TOML; `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, PolicyError> {
+        let policy: Policy = toml::from_str(text).map_err(|e| {
+            let start = e.span().map_or(0, |s| s.start);
+            let (line, column) = line_col(text, start);
+            let message = e.message().trim().to_string();
+            PolicyError::Invalid {
+                file: origin.to_string(),
+                line,
+                column,
+                key: key_at(text, start, &message),
+                message,
+            }
+        })?;
+        policy.validate(text, origin)?;
+        Ok(policy)
+    }
+
+    /// Checks the rules that span several keys.
+    fn validate(&self, text: &str, origin: &str) -> Result<(), PolicyError> {
+        let fail = |table: &str, key: &str, message: String| {
+            let (line, column) = locate_key(text, table, key).unwrap_or((1, 1));
+            Err(PolicyError::Invalid {
+                file: origin.to_string(),
+                line,
+                column,
+                key: Some(format!("{table}.{key}")),
+                message,
+            })
+        };
+        if self.privacy.redact_above > self.privacy.bar {
+            return fail(
+                "privacy",
+                "redact_above",
+                format!(
+                    "must not exceed privacy.bar ({}), found {}",
+                    self.privacy.bar.get(),
+                    self.privacy.redact_above.get()
+                ),
+            );
+        }
+        if self.battery.critical > self.battery.low {
+            return fail(
+                "battery",
+                "critical",
+                format!(
+                    "must not exceed battery.low ({}), found {}",
+                    self.battery.low.get(),
+                    self.battery.critical.get()
+                ),
+            );
+        }
+        if self.thermal.fair > self.thermal.serious {
+            return fail(
+                "thermal",
+                "fair",
+                format!(
+                    "must not exceed thermal.serious ({}), found {}",
+                    self.thermal.serious.get(),
+                    self.thermal.fair.get()
+                ),
+            );
+        }
+        if self.thermal.local_forbidden_at < ThermalLevel::Serious {
+            return fail(
+                "thermal",
+                "local_forbidden_at",
+                format!(
+                    "expected \"serious\" or \"critical\", found \"{}\"",
+                    self.thermal.local_forbidden_at
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The policy as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_toml())
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The dotted key whose line holds `offset`: the table header above it plus the key before
+/// `=` on that line. For unknown-field errors the key is in the message.
+fn key_at(text: &str, offset: usize, message: &str) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text.get(offset..)?.find('\n').map_or(text.len(), |i| offset + i);
+    let line = text.get(line_start..line_end)?.trim();
+    let table = text
+        .get(..line_start)?
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let key = if line.starts_with('[') {
+        // The error is about the table header itself.
+        Some(line.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+    } else if let Some((k, _)) = line.split_once('=') {
+        let k = k.trim().trim_matches('"').to_string();
+        Some(match &table {
+            Some(t) if !k.is_empty() => format!("{t}.{k}"),
+            _ => k,
+        })
+    } else {
+        None
+    };
+    key.filter(|k| !k.is_empty()).or_else(|| {
+        // "unknown field `x`" when the span is not on a key line.
+        let start = message.find('`')? + 1;
+        let end = start + message.get(start..)?.find('`')?;
+        message.get(start..end).map(str::to_string)
+    })
+}
+
+/// Where `key` is set in `[table]` (or as `table.key`), 1-based.
+fn locate_key(text: &str, table: &str, key: &str) -> Option<(usize, usize)> {
+    let mut current = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            current = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+            continue;
+        }
+        let Some((k, _)) = line.split_once('=') else {
+            continue;
+        };
+        let k = k.trim();
+        let hit = (current == table && k == key) || (current.is_empty() && k == format!("{table}.{key}"));
+        if hit {
+            let column = raw.len() - raw.trim_start().len() + 1;
+            return Some((i + 1, column));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_policy_takes_defaults() {
+        let p = Policy::from_toml("mode = \"auto\"\n", "inline").unwrap();
+        assert_eq!(p, Policy::default());
+    }
+
+    #[test]
+    fn default_round_trips_through_toml() {
+        let p = Policy::default();
+        assert_eq!(Policy::from_toml(&p.to_toml(), "rt").unwrap(), p);
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("a\nbc\n", 3), (2, 2));
+        assert_eq!(line_col("", 0), (1, 1));
+    }
+}
