@@ -47,7 +47,8 @@ impl std::fmt::Display for Target {
 pub struct Scores {
     /// How demanding the request is (pushes toward the cloud).
     pub complexity: f32,
-    /// How privacy-sensitive it is (pushes toward the device).
+    /// How privacy-sensitive it is (pushes toward the device). When the cloud would get a
+    /// redacted request, the score counts only what redaction leaves behind.
     pub privacy: f32,
     /// Battery pressure: high when low and not charging (pushes toward the cloud).
     pub battery: f32,

@@ -44,6 +44,8 @@ pub struct Inputs {
     pub complexity: f32,
     /// Privacy, 0..=1.
     pub privacy: f32,
+    /// Privacy left after redaction, 0..=1 (see [`PrivacyReport::residual`](crate::signals::PrivacyReport::residual)).
+    pub privacy_residual: f32,
     /// How many private spans could be redacted.
     pub redactable: usize,
     /// The device.
@@ -103,11 +105,18 @@ pub fn decide(policy: &Policy, inputs: &Inputs) -> Decision {
         },
     };
     let w = &policy.weights;
+    // When the cloud would get a redacted request, what counts against it is what remains.
+    let redactable = privacy >= policy.privacy.redact_above.get() && inputs.redactable > 0;
+    let privacy_cost = if redactable {
+        inputs.privacy_residual.clamp(0.0, privacy)
+    } else {
+        privacy
+    };
     let total = w.complexity.get() * complexity
         + w.battery.get() * battery
         + w.thermal.get() * thermal
         + w.capability.get() * capability
-        - w.privacy.get() * privacy
+        - w.privacy.get() * privacy_cost
         - w.network.get() * network;
     let scores = Scores {
         complexity,
@@ -356,7 +365,7 @@ pub fn decide(policy: &Policy, inputs: &Inputs) -> Decision {
         Target::None
     };
 
-    let redact_for_cloud = privacy >= policy.privacy.redact_above.get() && inputs.redactable > 0;
+    let redact_for_cloud = redactable;
     let mut redactions = 0;
     if target == Target::Cloud && redact_for_cloud {
         rules.push(Rule::Redact);

@@ -213,6 +213,7 @@ impl Router {
             mode: request.mode.unwrap_or(inner.policy.mode),
             complexity,
             privacy: privacy.score,
+            privacy_residual: privacy.residual,
             redactable: privacy.redactable(),
             device,
             local,
@@ -364,6 +365,7 @@ impl Router {
             usage: Usage::default(),
             started,
             switched,
+            joining: false,
             finished: false,
             pending: None,
             span,
@@ -396,6 +398,8 @@ struct StreamState {
     usage: Usage,
     started: Instant,
     switched: bool,
+    /// The next delta continues another backend's text: mind the word boundary.
+    joining: bool,
     finished: bool,
     pending: Option<StreamEvent>,
     span: tracing::Span,
@@ -419,6 +423,11 @@ impl StreamState {
                     if out.is_empty() {
                         continue;
                     }
+                    let out = if std::mem::take(&mut self.joining) {
+                        join_continuation(&self.text, out)
+                    } else {
+                        out
+                    };
                     if self.route.timings.first_token_us.is_none() {
                         self.route.timings.first_token_us = Some(micros(self.started));
                     }
@@ -519,7 +528,20 @@ impl StreamState {
         self.inner = inner;
         self.restorer = restorer;
         self.switched = true;
+        self.joining = !self.text.is_empty();
         Ok(())
+    }
+}
+
+/// Glues a continuation to the text so far: models often start a continuation without the
+/// space that separated the words where the first backend stopped.
+fn join_continuation(so_far: &str, next: String) -> String {
+    let ends_in_word = so_far.chars().last().is_some_and(char::is_alphanumeric);
+    let starts_word = next.chars().next().is_some_and(char::is_alphanumeric);
+    if ends_in_word && starts_word {
+        format!(" {next}")
+    } else {
+        next
     }
 }
 

@@ -91,6 +91,9 @@ pub struct Finding {
 pub struct PrivacyReport {
     /// 0..=1.
     pub score: f32,
+    /// The score that remains once the redactable findings are replaced: what the cloud
+    /// would still learn from a redacted request. 0..=1, never above `score`.
+    pub residual: f32,
     /// Every finding, in message order then position.
     pub findings: Vec<Finding>,
 }
@@ -213,18 +216,21 @@ impl PrivacyDetector {
         for (i, m) in request.messages.iter().enumerate() {
             self.scan_text(i, &m.content, &mut findings);
         }
-        let mut keep = 1.0f32;
-        for f in &findings {
-            keep *= 1.0 - f.kind.weight();
-        }
-        let mut score = 1.0 - keep;
-        score = match request.sensitivity {
+        let label = |score: f32| match request.sensitivity {
             Sensitivity::Confidential => 1.0,
             Sensitivity::Internal => score.max(0.5),
             Sensitivity::Public | Sensitivity::Unlabelled => score,
         };
+        let (mut keep, mut keep_residual) = (1.0f32, 1.0f32);
+        for f in &findings {
+            keep *= 1.0 - f.kind.weight();
+            if !f.kind.redactable() {
+                keep_residual *= 1.0 - f.kind.weight();
+            }
+        }
         PrivacyReport {
-            score: score.clamp(0.0, 1.0),
+            score: label(1.0 - keep).clamp(0.0, 1.0),
+            residual: label(1.0 - keep_residual).clamp(0.0, 1.0),
             findings,
         }
     }

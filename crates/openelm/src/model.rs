@@ -1,0 +1,490 @@
+//! The OpenELM transformer: layer-wise scaled attention and FFN, QK-norm, RoPE and a KV cache.
+
+use std::collections::HashMap;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::kv_cache::KvCache;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::weights::Checkpoint;
+
+/// The KV cache grows in steps of this many positions.
+const KV_CACHE_STEP: usize = 256;
+
+/// A linear layer `y = x W^T`, dense or quantized.
+///
+/// Every projection of the model goes through this type, so quantized weights (candle's
+/// [`QTensor`], as read from GGUF files) replace the dense ones without a second copy of
+/// the model or a second code path in the layers.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    /// A dense `[out, in]` weight in the run dtype.
+    Dense(Tensor),
+    /// A quantized weight.
+    Quantized(QMatMul),
+}
+
+impl Linear {
+    /// A quantized layer from a `[out, in]` quantized tensor.
+    pub fn quantized(weight: std::sync::Arc<QTensor>) -> Result<Self> {
+        Ok(Self::Quantized(QMatMul::from_arc(weight)?))
+    }
+
+    /// Applies the layer to `x` of shape `[.., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(w) => {
+                // Fold the leading dims into rows: one GEMM (or GEMV while decoding) against
+                // the transposed weight, no broadcast copy of W.
+                let dims = x.dims();
+                let in_dim = dims.last().copied().unwrap_or(0);
+                let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+                let x2 = if x.is_contiguous() {
+                    x.reshape((rows, in_dim))?
+                } else {
+                    x.contiguous()?.reshape((rows, in_dim))?
+                };
+                let y = x2.matmul(&w.t()?)?;
+                let mut out_dims = dims.to_vec();
+                if let Some(last) = out_dims.last_mut() {
+                    *last = w.dim(0)?;
+                }
+                Ok(y.reshape(out_dims)?)
+            }
+            Self::Quantized(q) => Ok(q.forward(x)?),
+        }
+    }
+}
+
+/// Precomputed RoPE tables for every position of the context.
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| {
+                1.0 / (cfg.rope_freq_constant as f32).powf(2.0 * i as f32 / cfg.head_dim as f32)
+            })
+            .collect();
+        let positions = cfg.max_context_length;
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let t = Tensor::arange(0u32, positions as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((positions, 1))?;
+        let freqs = t.broadcast_mul(&inv_freq)?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    /// Rotates `x` of shape `[B, H, S, hd]` for positions `offset..offset + S`.
+    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let s = x.dim(2)?;
+        let cos = self.cos.narrow(0, offset, s)?;
+        let sin = self.sin.narrow(0, offset, s)?;
+        Ok(candle_nn::rotary_emb::rope(x, &cos, &sin)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    qkv: Linear,
+    out: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    n_q: usize,
+    n_kv: usize,
+    head_dim: usize,
+    eps: f32,
+    cache: KvCache,
+}
+
+impl Attention {
+    fn forward(
+        &mut self,
+        x: &Tensor,
+        rope: &Rope,
+        offset: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (n_q, n_kv, hd) = (self.n_q, self.n_kv, self.head_dim);
+        // [B, S, Hq + 2 Hkv, hd] -> [B, H, S, hd]; while decoding (S = 1) this is free.
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, s, n_q + 2 * n_kv, hd))?
+            .transpose(1, 2)?;
+        let q = qkv.narrow(1, 0, n_q)?.contiguous()?;
+        let k = qkv.narrow(1, n_q, n_kv)?.contiguous()?;
+        let v = qkv.narrow(1, n_q + n_kv, n_kv)?.contiguous()?;
+        let q = match &self.q_norm {
+            Some(w) => candle_nn::ops::rms_norm(&q, w, self.eps)?,
+            None => q,
+        };
+        let k = match &self.k_norm {
+            Some(w) => candle_nn::ops::rms_norm(&k, w, self.eps)?,
+            None => k,
+        };
+        let q = rope.apply(&q, offset)?;
+        let k = rope.apply(&k, offset)?;
+        let (k, v) = self.cache.append(&k, &v)?;
+        let t = k.dim(2)?;
+
+        // Grouped-query attention without copying the KV heads: query heads g*rep..(g+1)*rep
+        // share KV head g, so fold them into the row dimension of one matmul per KV head.
+        let rep = n_q / n_kv;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let q = (q * scale)?.reshape((b, n_kv, rep * s, hd))?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(mask) => scores
+                .reshape((b, n_kv, rep, s, t))?
+                .broadcast_add(mask)?
+                .reshape((b, n_kv, rep * s, t))?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = probs
+            .matmul(&v)?
+            .reshape((b, n_q, s, hd))?
+            .transpose(1, 2)?
+            .reshape((b, s, n_q * hd))?;
+        self.out.forward(&y)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    attn_norm: Tensor,
+    attn: Attention,
+    ffn_norm: Tensor,
+    proj_1: Linear,
+    proj_2: Linear,
+    eps: f32,
+}
+
+impl Layer {
+    fn forward(
+        &mut self,
+        h: &Tensor,
+        rope: &Rope,
+        offset: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let x = candle_nn::ops::rms_norm(h, &self.attn_norm, self.eps)?;
+        let h = (h + self.attn.forward(&x, rope, offset, mask)?)?;
+        let x = candle_nn::ops::rms_norm(&h, &self.ffn_norm, self.eps)?;
+        let x = candle_nn::ops::swiglu(&self.proj_1.forward(&x)?)?;
+        Ok((h + self.proj_2.forward(&x)?)?)
+    }
+}
+
+/// An OpenELM model with its KV cache.
+///
+/// Feed the prompt in one call to [`forward`](Model::forward) at offset 0, then one token
+/// per call at the next offset; [`clear_kv_cache`](Model::clear_kv_cache) starts over.
+#[derive(Debug, Clone)]
+pub struct Model {
+    config: Config,
+    embeddings: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    rope: Rope,
+    device: Device,
+    dtype: DType,
+    seq_len: usize,
+}
+
+impl Model {
+    /// Loads the model from a checkpoint: validates every tensor against `config` first, then
+    /// copies the weights out of the map in `dtype`, calling `progress` with the fraction done.
+    pub fn load(
+        config: &Config,
+        checkpoint: &Checkpoint,
+        dtype: DType,
+        device: &Device,
+        progress: impl FnMut(f32),
+    ) -> Result<Self> {
+        check_dtype(dtype)?;
+        let tensors = checkpoint.load_all(config, dtype, device, progress)?;
+        Self::from_tensors(config, tensors, dtype, device)
+    }
+
+    /// Builds the model from named tensors (Hugging Face names, `[out, in]` layout), checking
+    /// each name and shape against `config`. Tensors are converted to `dtype` if needed.
+    pub fn from_tensors(
+        config: &Config,
+        mut tensors: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        check_dtype(dtype)?;
+        for (name, shape) in config.expected_tensors() {
+            match tensors.get(&name) {
+                None => {
+                    return Err(Error::MissingTensor {
+                        name,
+                        expected: shape,
+                        files: "<tensors>".into(),
+                    });
+                }
+                Some(t) if t.dims() != shape.as_slice() => {
+                    return Err(Error::TensorShape {
+                        file: "<tensors>".into(),
+                        name,
+                        expected: shape,
+                        found: t.dims().to_vec(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        let mut take = |name: &str| -> Result<Tensor> {
+            let t = tensors.remove(name).ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                expected: Vec::new(),
+                files: "<tensors>".into(),
+            })?;
+            let t = t.to_device(device)?;
+            Ok(if t.dtype() == dtype {
+                t
+            } else {
+                t.to_dtype(dtype)?
+            })
+        };
+        let eps = config.rms_norm_eps as f32;
+        let embeddings = take("transformer.token_embeddings.weight")?;
+        let norm = take("transformer.norm.weight")?;
+        let lm_head = if config.share_input_output_layers {
+            // The same storage serves the lookup and the output projection.
+            Linear::Dense(embeddings.clone())
+        } else {
+            Linear::Dense(take("lm_head.weight")?)
+        };
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let p = format!("transformer.layers.{i}");
+            let (q_norm, k_norm) = if config.normalize_qk_projections {
+                (
+                    Some(take(&format!("{p}.attn.q_norm.weight"))?),
+                    Some(take(&format!("{p}.attn.k_norm.weight"))?),
+                )
+            } else {
+                (None, None)
+            };
+            layers.push(Layer {
+                attn_norm: take(&format!("{p}.attn_norm.weight"))?,
+                attn: Attention {
+                    qkv: Linear::Dense(take(&format!("{p}.attn.qkv_proj.weight"))?),
+                    out: Linear::Dense(take(&format!("{p}.attn.out_proj.weight"))?),
+                    q_norm,
+                    k_norm,
+                    n_q: config.num_query_heads[i],
+                    n_kv: config.num_kv_heads[i],
+                    head_dim: config.head_dim,
+                    eps,
+                    cache: KvCache::new(2, KV_CACHE_STEP),
+                },
+                ffn_norm: take(&format!("{p}.ffn_norm.weight"))?,
+                proj_1: Linear::Dense(take(&format!("{p}.ffn.proj_1.weight"))?),
+                proj_2: Linear::Dense(take(&format!("{p}.ffn.proj_2.weight"))?),
+                eps,
+            });
+        }
+        Ok(Self {
+            config: config.clone(),
+            rope: Rope::new(config, dtype, device)?,
+            embeddings,
+            layers,
+            norm,
+            lm_head,
+            device: device.clone(),
+            dtype,
+            seq_len: 0,
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The dtype the model runs in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Positions held in the KV cache: the offset the next [`forward`](Model::forward) takes.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// Empties the KV cache.
+    pub fn clear_kv_cache(&mut self) {
+        for layer in &mut self.layers {
+            layer.attn.cache.reset();
+        }
+        self.seq_len = 0;
+    }
+
+    /// Runs `ids` (shape `[S]` or `[B, S]`, u32) at positions `offset..offset + S` and returns
+    /// the logits of every position, `[B, S, vocab]` in f32. `offset` must equal
+    /// [`seq_len`](Model::seq_len).
+    pub fn forward(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
+        let h = self.hidden(ids, offset)?;
+        self.logits(&h)
+    }
+
+    /// Like [`forward`](Model::forward) but returns only the last position's logits,
+    /// `[B, vocab]` in f32, which is all generation needs.
+    pub fn forward_last(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
+        let h = self.hidden(ids, offset)?;
+        let s = h.dim(1)?;
+        let h = h.narrow(1, s - 1, 1)?;
+        Ok(self.logits(&h)?.squeeze(1)?)
+    }
+
+    /// Runs token ids given as a slice (batch 1) and returns the last position's logits.
+    pub fn forward_tokens(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let offset = self.seq_len;
+        let t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        Ok(self.forward_last(&t, offset)?.squeeze(0)?.to_vec1::<f32>()?)
+    }
+
+    fn hidden(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
+        let ids = match ids.rank() {
+            1 => ids.unsqueeze(0)?,
+            2 => ids.clone(),
+            r => {
+                return Err(Error::InvalidArgument(format!(
+                    "token ids must be [S] or [B, S], found rank {r}"
+                )));
+            }
+        };
+        let (b, s) = ids.dims2()?;
+        if s == 0 {
+            return Err(Error::InvalidArgument("no tokens to run".into()));
+        }
+        if offset != self.seq_len {
+            return Err(Error::InvalidArgument(format!(
+                "offset {offset} but the KV cache holds {} positions; call clear_kv_cache() to start over",
+                self.seq_len
+            )));
+        }
+        let limit = self.config.max_context_length;
+        if offset + s > limit {
+            return Err(Error::ContextOverflow {
+                needed: offset + s,
+                limit,
+            });
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = ids
+            .flatten_all()?
+            .to_vec1::<u32>()?
+            .iter()
+            .find(|&&t| t as usize >= vocab)
+        {
+            return Err(Error::TokenOutOfRange {
+                token: bad,
+                vocab_size: vocab,
+            });
+        }
+        let mut h = self.embeddings.embedding(&ids.flatten_all()?)?.reshape((
+            b,
+            s,
+            self.config.model_dim,
+        ))?;
+        let mask = if s > 1 {
+            Some(causal_mask(s, offset, self.dtype, &self.device)?)
+        } else {
+            None
+        };
+        let result = (|| -> Result<Tensor> {
+            for layer in &mut self.layers {
+                h = layer.forward(&h, &self.rope, offset, mask.as_ref())?;
+            }
+            Ok(h)
+        })();
+        match result {
+            Ok(h) => {
+                self.seq_len += s;
+                Ok(h)
+            }
+            Err(e) => {
+                // Some layers may have appended to their caches: the cache is no longer
+                // consistent, so drop it rather than let the next call read garbage.
+                self.clear_kv_cache();
+                Err(e)
+            }
+        }
+    }
+
+    fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        let h = candle_nn::ops::rms_norm(h, &self.norm, self.config.rms_norm_eps as f32)?;
+        Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
+    }
+}
+
+fn check_dtype(dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(()),
+        other => Err(Error::InvalidArgument(format!(
+            "run dtype {other:?} is not supported; use f32, f16 or bf16"
+        ))),
+    }
+}
+
+/// `[S, offset + S]`: 0 where position `offset + i` may attend to `j`, -inf after it.
+fn causal_mask(s: usize, offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let t = offset + s;
+    let mask: Vec<f32> = (0..s)
+        .flat_map(|i| (0..t).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (s, t), device)?.to_dtype(dtype)?)
+}
+
+/// Random weights with the shapes of `config` (normal, std 0.02; norms at 1), for benchmarks
+/// and tests that need real shapes but no download.
+pub fn random_tensors(
+    config: &Config,
+    dtype: DType,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for (name, shape) in config.expected_tensors() {
+        let t = if shape.len() == 1 {
+            Tensor::ones(shape, dtype, device)?
+        } else {
+            Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype)?
+        };
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// The last-dimension index of the largest value.
+pub(crate) fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

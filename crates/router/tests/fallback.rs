@@ -1,0 +1,145 @@
+//! Fallback between backends on errors, with the policy's switches.
+
+mod common;
+
+use common::{Script, TestBackend, policy};
+use elmroute_core::{Availability, ChatRequest, Error, FallbackKind, Mode, Target};
+use elmroute_router::{Policy, Router};
+use std::time::Duration;
+
+const HARD: &str = "Explain step by step how to derive the closed-form solution of least squares \
+    regression, prove the estimator is unbiased, then implement it in Rust with unit tests.";
+
+fn router(p: Policy, local: &TestBackend, remote: &TestBackend) -> Router {
+    Router::builder()
+        .policy(p)
+        .local(local.clone())
+        .remote(remote.clone())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn remote_failure_falls_back_to_local_when_allowed() {
+    let local = TestBackend::local("local answer");
+    let remote = TestBackend::remote("unused");
+    remote.set_script(Script::Fail(|| Error::status(503, "overloaded", None)));
+    let c = router(Policy::default(), &local, &remote)
+        .complete(ChatRequest::user(HARD))
+        .await
+        .unwrap();
+    assert_eq!(c.text, "local answer");
+    assert_eq!(c.route.target, Target::Local);
+    let fb = c.route.fallback.unwrap();
+    assert_eq!(fb.kind, FallbackKind::RemoteErrorToLocal);
+    assert_eq!(fb.from, Target::Cloud);
+    assert!(fb.reason.contains("503"), "{}", fb.reason);
+    assert_eq!(remote.calls(), 1);
+    assert_eq!(local.calls(), 1);
+}
+
+#[tokio::test]
+async fn remote_failure_is_a_typed_error_when_fallback_is_off() {
+    let local = TestBackend::local("local answer");
+    let remote = TestBackend::remote("unused");
+    remote.set_script(Script::Fail(|| {
+        Error::status(429, "rate limited", Some(Duration::from_secs(7)))
+    }));
+    let mut p = Policy::default();
+    p.fallback.remote_error_to_local = false;
+    let err = router(p, &local, &remote)
+        .complete(ChatRequest::user(HARD))
+        .await
+        .unwrap_err();
+    assert_eq!(err.http_status(), Some(429));
+    assert!(err.is_retryable());
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+    assert_eq!(local.calls(), 0);
+}
+
+#[tokio::test]
+async fn cloud_only_never_falls_back_to_local() {
+    let local = TestBackend::local("local answer");
+    let remote = TestBackend::remote("unused");
+    remote.set_script(Script::Fail(|| Error::offline("dns failure")));
+    let err = router(Policy::default(), &local, &remote)
+        .complete(ChatRequest::user("hi").with_mode(Mode::CloudOnly))
+        .await
+        .unwrap_err();
+    assert!(err.is_offline());
+    assert_eq!(local.calls(), 0);
+}
+
+#[tokio::test]
+async fn local_failure_falls_back_to_cloud() {
+    let local = TestBackend::local("unused");
+    local.set_script(Script::Fail(|| Error::busy("queue full")));
+    let remote = TestBackend::remote("cloud answer");
+    let c = router(Policy::default(), &local, &remote)
+        .complete(ChatRequest::user("hi there"))
+        .await
+        .unwrap();
+    assert_eq!(c.text, "cloud answer");
+    assert_eq!(c.route.fallback.unwrap().kind, FallbackKind::LocalErrorToCloud);
+}
+
+#[tokio::test]
+async fn local_failure_never_sends_private_text_to_the_cloud() {
+    let local = TestBackend::local("unused");
+    local.set_script(Script::Fail(|| Error::backend("model crashed")));
+    let remote = TestBackend::remote("cloud answer");
+    let err = router(Policy::default(), &local, &remote)
+        .complete(ChatRequest::user("my card is 4111 1111 1111 1111, is it expired?"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("model crashed"));
+    assert_eq!(remote.calls(), 0);
+}
+
+#[tokio::test]
+async fn local_failure_redacts_before_falling_back_to_the_cloud() {
+    let local = TestBackend::local("unused");
+    local.set_script(Script::Fail(|| Error::backend("model crashed")));
+    let remote = TestBackend::remote("I wrote to [EMAIL_1] for you.");
+    let c = router(Policy::default(), &local, &remote)
+        .complete(ChatRequest::user("Draft a short note to jane.doe@example.com saying hi"))
+        .await
+        .unwrap();
+    assert!(!remote.all_text().contains("jane.doe@example.com"));
+    assert!(remote.all_text().contains("[EMAIL_1]"));
+    assert_eq!(c.text, "I wrote to jane.doe@example.com for you.");
+    assert_eq!(c.route.redactions, 1);
+}
+
+#[tokio::test]
+async fn remote_cooling_down_routes_local_as_a_fallback() {
+    let local = TestBackend::local("local answer");
+    let remote = TestBackend::remote("unused");
+    remote.set_availability(Availability::CoolingDown {
+        remaining: Duration::from_secs(30),
+    });
+    let c = router(Policy::default(), &local, &remote)
+        .complete(ChatRequest::user(HARD))
+        .await
+        .unwrap();
+    assert_eq!(c.route.target, Target::Local);
+    assert_eq!(c.route.fallback.unwrap().kind, FallbackKind::RemoteErrorToLocal);
+    assert_eq!(remote.calls(), 0);
+}
+
+#[tokio::test]
+async fn offline_only_policy_never_touches_the_network() {
+    let local = TestBackend::local("unused");
+    local.set_script(Script::Fail(|| Error::backend("model crashed")));
+    let remote = TestBackend::remote("cloud answer");
+    let r = router(policy("offline-only"), &local, &remote);
+    assert!(r.complete(ChatRequest::user(HARD)).await.is_err());
+    local.set_availability(Availability::Failed {
+        reason: "weights missing".into(),
+    });
+    let err = r.complete(ChatRequest::user("hi")).await.unwrap_err();
+    assert!(err.is_no_route());
+    assert!(err.to_string().contains("weights missing"), "{err}");
+    assert!(err.to_string().contains("local_only"), "{err}");
+    assert_eq!(remote.calls(), 0);
+}

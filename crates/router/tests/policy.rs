@@ -1,0 +1,168 @@
+//! Policy files: the shipped ones load and behave as documented; broken ones give errors
+//! naming the file, the key and the line.
+
+mod common;
+
+use common::{TestBackend, policy};
+use elmroute_core::{Battery, ChatRequest, DeviceState, Mode, Network, Target};
+use elmroute_router::{Policy, PolicyError, Router};
+
+const SHIPPED: [&str; 5] = ["balanced", "privacy-first", "battery-saver", "cloud-first", "offline-only"];
+
+fn decide(p: Policy, device: DeviceState, prompt: &str) -> elmroute_core::Route {
+    Router::builder()
+        .policy(p)
+        .local(TestBackend::local("l"))
+        .remote(TestBackend::remote("c"))
+        .device(device)
+        .build()
+        .unwrap()
+        .decide(&ChatRequest::user(prompt))
+        .unwrap()
+}
+
+fn on_battery(level: f32) -> DeviceState {
+    DeviceState {
+        battery: Some(Battery {
+            level,
+            charging: false,
+        }),
+        ..DeviceState::default()
+    }
+}
+
+const SIMPLE: &str = "What is the capital of France?";
+const HARD: &str = "Explain step by step how to derive the closed-form solution of least squares \
+    regression, prove the estimator is unbiased, then implement it in Rust with unit tests.";
+
+#[test]
+fn every_shipped_policy_keeps_clearly_private_content_on_the_device() {
+    let private = [
+        "My card number is 4111 1111 1111 1111, why was it declined?",
+        "I was diagnosed with depression last month, how do I tell my boss?",
+        "Here is my key sk-proj-abcdefghijklmnopqrstuvwx, why does the API reject it?",
+        "Transfer to IBAN DE89 3704 0044 0532 0130 00 today",
+        "My SSN is 123-45-6789, fill in the form",
+    ];
+    for name in SHIPPED {
+        for prompt in private {
+            for device in [DeviceState::default(), on_battery(0.05)] {
+                let route = decide(policy(name), device, prompt);
+                assert_ne!(route.target, Target::Cloud, "policy {name}: {prompt}");
+                assert!(route.scores.privacy >= 0.7, "{prompt}: {}", route.scores.privacy);
+            }
+        }
+    }
+}
+
+#[test]
+fn balanced_sends_hard_requests_to_the_cloud_and_easy_ones_to_the_device() {
+    assert_eq!(decide(policy("balanced"), DeviceState::default(), SIMPLE).target, Target::Local);
+    assert_eq!(decide(policy("balanced"), DeviceState::default(), HARD).target, Target::Cloud);
+}
+
+#[test]
+fn privacy_first_keeps_a_single_email_on_the_device_where_balanced_redacts_it() {
+    let prompt = "Explain step by step how to reply to jane@example.com about the design trade-offs, then derive a plan";
+    let pf = decide(policy("privacy-first"), DeviceState::default(), prompt);
+    assert_eq!(pf.target, Target::Local);
+    let mut req_mode = policy("privacy-first");
+    req_mode.mode = Mode::CloudOnly;
+    assert_eq!(decide(req_mode, DeviceState::default(), prompt).target, Target::None);
+    let bal = decide(policy("balanced"), DeviceState::default(), prompt);
+    assert_eq!(bal.target, Target::Cloud);
+    assert_eq!(bal.redactions, 1);
+}
+
+#[test]
+fn battery_saver_moves_easy_requests_to_the_cloud_on_low_battery() {
+    assert_eq!(decide(policy("battery-saver"), on_battery(0.9), SIMPLE).target, Target::Local);
+    assert_eq!(decide(policy("battery-saver"), on_battery(0.3), SIMPLE).target, Target::Cloud);
+    // balanced only starts caring at 20 %
+    assert_eq!(decide(policy("balanced"), on_battery(0.3), SIMPLE).target, Target::Local);
+    assert_eq!(decide(policy("balanced"), on_battery(0.05), SIMPLE).target, Target::Cloud);
+}
+
+#[test]
+fn cloud_first_prefers_the_cloud_and_falls_back_offline() {
+    assert_eq!(decide(policy("cloud-first"), DeviceState::default(), SIMPLE).target, Target::Cloud);
+    let offline = DeviceState {
+        network: Network::Offline,
+        ..DeviceState::default()
+    };
+    assert_eq!(decide(policy("cloud-first"), offline, SIMPLE).target, Target::Local);
+}
+
+#[test]
+fn offline_only_never_picks_the_cloud() {
+    for prompt in [SIMPLE, HARD] {
+        for device in [DeviceState::default(), on_battery(0.01)] {
+            assert_eq!(decide(policy("offline-only"), device, prompt).target, Target::Local);
+        }
+    }
+}
+
+fn invalid(src: &str) -> (usize, Option<String>, String) {
+    match Policy::from_toml(src, "test.toml").unwrap_err() {
+        e @ PolicyError::Invalid { .. } => (e.line().unwrap(), e.key().map(str::to_string), e.to_string()),
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_line_and_key() {
+    let (line, key, msg) = invalid("mode = \"auto\"\n\n[battery]\nlow = 0.2\ncritcal = 0.1\n");
+    assert_eq!(line, 5);
+    assert_eq!(key.as_deref(), Some("battery.critcal"));
+    assert!(msg.starts_with("test.toml:5:"), "{msg}");
+    assert!(msg.contains("unknown field"), "{msg}");
+    let (line, key, _) = invalid("mood = \"auto\"\n");
+    assert_eq!((line, key.as_deref()), (1, Some("mood")));
+    let (line, key, _) = invalid("[weight]\ncomplexity = 1\n");
+    assert_eq!((line, key.as_deref()), (1, Some("weight")));
+}
+
+#[test]
+fn out_of_range_values_are_rejected_with_line_and_key() {
+    let (line, key, msg) = invalid("[privacy]\nbar = 1.5\n");
+    assert_eq!((line, key.as_deref()), (2, Some("privacy.bar")));
+    assert!(msg.contains("from 0 to 1") && msg.contains("1.5"), "{msg}");
+    let (line, key, msg) = invalid("\n[weights]\nbattery = -2\n");
+    assert_eq!((line, key.as_deref()), (3, Some("weights.battery")));
+    assert!(msg.contains("weight"), "{msg}");
+    let (_, key, msg) = invalid("mode = \"sometimes\"\n");
+    assert_eq!(key.as_deref(), Some("mode"));
+    assert!(msg.contains("prefer_local"), "{msg}");
+    let (_, key, _) = invalid("[thermal]\nlocal_forbidden_at = \"lukewarm\"\n");
+    assert_eq!(key.as_deref(), Some("thermal.local_forbidden_at"));
+    let (_, key, _) = invalid("threshold = \"high\"\n");
+    assert_eq!(key.as_deref(), Some("threshold"));
+}
+
+#[test]
+fn inconsistent_values_are_rejected_with_line_and_key() {
+    let (line, key, msg) = invalid("[battery]\nlow = 0.1\ncritical = 0.3\n");
+    assert_eq!((line, key.as_deref()), (3, Some("battery.critical")));
+    assert!(msg.contains("battery.low"), "{msg}");
+    let (line, key, _) = invalid("[privacy]\nredact_above = 0.9\nbar = 0.5\n");
+    assert_eq!((line, key.as_deref()), (2, Some("privacy.redact_above")));
+    let (_, key, _) = invalid("[thermal]\nlocal_forbidden_at = \"fair\"\n");
+    assert_eq!(key.as_deref(), Some("thermal.local_forbidden_at"));
+}
+
+#[test]
+fn broken_toml_and_missing_files_name_the_file() {
+    let (line, _, msg) = invalid("mode = \"auto\"\n[privacy\nbar = 0.5\n");
+    assert_eq!(line, 2);
+    assert!(msg.starts_with("test.toml:2:"), "{msg}");
+    let err = Policy::from_file("/nonexistent/policy.toml").unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/policy.toml"));
+}
+
+#[test]
+fn shipped_policies_round_trip() {
+    for name in SHIPPED {
+        let p = policy(name);
+        assert_eq!(Policy::from_toml(&p.to_toml(), name).unwrap(), p, "{name}");
+    }
+}

@@ -1,0 +1,129 @@
+//! Streams: deltas then the route; fallback before the first token and in the middle.
+
+mod common;
+
+use common::{Script, TestBackend};
+use elmroute_core::{ChatRequest, Error, FallbackKind, StreamEvent, Target};
+use elmroute_router::{Policy, Router};
+use futures::StreamExt;
+
+fn router(p: Policy, local: &TestBackend, remote: &TestBackend) -> Router {
+    Router::builder()
+        .policy(p)
+        .local(local.clone())
+        .remote(remote.clone())
+        .build()
+        .unwrap()
+}
+
+/// Collects a stream: the text, the final route, and an error if it ended in one.
+async fn collect(r: &Router, req: ChatRequest) -> (String, Option<elmroute_core::Route>, Option<Error>) {
+    let mut s = r.stream(req).await.unwrap();
+    let mut text = String::new();
+    let mut route = None;
+    while let Some(item) = s.next().await {
+        match item {
+            Ok(StreamEvent::Delta(d)) => {
+                assert!(route.is_none(), "no delta after Done");
+                text.push_str(&d)
+            }
+            Ok(StreamEvent::Done { route: r, .. }) => route = Some(*r),
+            Err(e) => return (text, route, Some(e)),
+        }
+    }
+    (text, route, None)
+}
+
+#[tokio::test]
+async fn stream_yields_deltas_then_the_route() {
+    let local = TestBackend::local("one two three");
+    let remote = TestBackend::remote("unused");
+    let (text, route, err) = collect(&router(Policy::default(), &local, &remote), ChatRequest::user("hi")).await;
+    assert!(err.is_none());
+    assert_eq!(text, "one two three");
+    let route = route.unwrap();
+    assert_eq!(route.target, Target::Local);
+    assert_eq!(route.backend.as_deref(), Some("test-local"));
+    assert!(route.timings.first_token_us.is_some());
+}
+
+#[tokio::test]
+async fn broken_cloud_stream_continues_on_the_device_with_the_text_so_far() {
+    let local = TestBackend::local("and the end.");
+    let remote = TestBackend::new(
+        "test-remote",
+        elmroute_core::BackendKind::Remote,
+        Script::BreakAfter("The beginning of a long answer".into(), 3),
+    );
+    let req = ChatRequest::user("Explain step by step and prove, then implement in Rust, the derivation of the integral");
+    let (text, route, err) = collect(&router(Policy::default(), &local, &remote), req).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text, "The beginning of and the end.");
+    let route = route.unwrap();
+    assert_eq!(route.target, Target::Local);
+    let fb = route.fallback.unwrap();
+    assert_eq!(fb.kind, FallbackKind::MidStream);
+    assert_eq!(fb.from, Target::Cloud);
+    // The device saw the partial answer as context.
+    let sent = local.received();
+    assert_eq!(sent.len(), 1);
+    let msgs = &sent[0].messages;
+    assert_eq!(msgs[msgs.len() - 2].content, "The beginning of");
+}
+
+#[tokio::test]
+async fn mid_stream_switch_can_be_disabled() {
+    let local = TestBackend::local("unused");
+    let remote = TestBackend::new(
+        "test-remote",
+        elmroute_core::BackendKind::Remote,
+        Script::BreakAfter("The beginning of a long answer".into(), 2),
+    );
+    let mut p = Policy::default();
+    p.fallback.mid_stream = false;
+    let req = ChatRequest::user("hi").with_mode(elmroute_core::Mode::PreferCloud);
+    let (text, route, err) = collect(&router(p, &local, &remote), req).await;
+    assert_eq!(text, "The beginning");
+    assert!(route.is_none());
+    assert!(err.unwrap().is_offline());
+    assert_eq!(local.calls(), 0);
+}
+
+#[tokio::test]
+async fn broken_local_stream_does_not_move_private_text_to_the_cloud() {
+    let local = TestBackend::new(
+        "test-local",
+        elmroute_core::BackendKind::Local,
+        Script::BreakAfter("Your card 4111 1111 1111 1111 is valid".into(), 4),
+    );
+    let remote = TestBackend::remote("unused");
+    let req = ChatRequest::user("is my card 4111 1111 1111 1111 valid?");
+    let (_, _, err) = collect(&router(Policy::default(), &local, &remote), req).await;
+    assert!(err.is_some());
+    assert_eq!(remote.calls(), 0);
+}
+
+#[tokio::test]
+async fn stream_restores_redacted_values() {
+    let local = TestBackend::local("unused");
+    let remote = TestBackend::remote("Sure, I emailed [EMAIL_1] today.");
+    let req = ChatRequest::user("Email jane.doe@example.com a summary of the meeting")
+        .with_mode(elmroute_core::Mode::PreferCloud);
+    let (text, route, err) = collect(&router(Policy::default(), &local, &remote), req).await;
+    assert!(err.is_none());
+    assert_eq!(text, "Sure, I emailed jane.doe@example.com today.");
+    assert_eq!(route.unwrap().redactions, 1);
+    assert!(!remote.all_text().contains("jane.doe"));
+}
+
+#[tokio::test]
+async fn stream_error_before_first_token_falls_back() {
+    let local = TestBackend::local("local words");
+    let remote = TestBackend::remote("unused");
+    remote.set_script(Script::Fail(|| Error::timeout("connect")));
+    let req = ChatRequest::user("hi").with_mode(elmroute_core::Mode::PreferCloud);
+    let (text, route, err) = collect(&router(Policy::default(), &local, &remote), req).await;
+    assert!(err.is_none());
+    assert_eq!(text, "local words");
+    assert_eq!(route.unwrap().fallback.unwrap().kind, FallbackKind::RemoteErrorToLocal);
+}
