@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 
 /// How hot the device is, in the four levels that Apple's `ProcessInfo.thermalState` and
 /// Android's thermal status both map onto.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ThermalLevel {
     /// Cool: no limits.

@@ -105,7 +105,9 @@ impl std::fmt::Display for Mode {
 
 /// The app's own label for how sensitive a request is. It can only raise the privacy signal,
 /// never lower what the detectors found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Sensitivity {
     /// No label: the detectors alone decide.

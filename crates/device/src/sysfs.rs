@@ -191,7 +191,9 @@ fn zone_level(zone: &Path, temp: f32, thresholds: ThermalThresholds) -> ThermalL
             .iter()
             .filter(|(k, _)| k == name)
             .map(|(_, t)| *t)
-            .fold(None, |acc: Option<f32>, t| Some(acc.map_or(t, |a| a.min(t))))
+            .fold(None, |acc: Option<f32>, t| {
+                Some(acc.map_or(t, |a| a.min(t)))
+            })
     };
     let (fair, serious, critical) = match (trip("passive"), trip("hot"), trip("critical")) {
         (None, None, None) => (thresholds.fair, thresholds.serious, thresholds.critical),
@@ -224,7 +226,11 @@ fn read_network(dir: &Path) -> Network {
     let mut any_up = false;
     let mut unmetered_up = false;
     for iface in ifaces {
-        let Some(name) = iface.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+        let Some(name) = iface
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+        else {
             continue;
         };
         if name == "lo" {
@@ -232,7 +238,8 @@ fn read_network(dir: &Path) -> Network {
         }
         let state = read_trimmed(&iface.join("operstate")).unwrap_or_default();
         // Virtual links without carrier detection report `unknown` while working.
-        let up = state == "up" || (state == "unknown" && read_number(&iface.join("carrier")) == Some(1.0));
+        let up = state == "up"
+            || (state == "unknown" && read_number(&iface.join("carrier")) == Some(1.0));
         if up {
             any_up = true;
             if !name.starts_with("wwan") {

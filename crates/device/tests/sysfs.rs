@@ -1,4 +1,5 @@
 //! Tests of the sysfs reader on fake trees.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
@@ -13,10 +14,22 @@ fn write(root: &Path, rel: &str, text: &str) {
 
 fn laptop(root: &Path, capacity: u32, status: &str, ac_online: u8) {
     write(root, "sys/class/power_supply/BAT0/type", "Battery\n");
-    write(root, "sys/class/power_supply/BAT0/capacity", &format!("{capacity}\n"));
-    write(root, "sys/class/power_supply/BAT0/status", &format!("{status}\n"));
+    write(
+        root,
+        "sys/class/power_supply/BAT0/capacity",
+        &format!("{capacity}\n"),
+    );
+    write(
+        root,
+        "sys/class/power_supply/BAT0/status",
+        &format!("{status}\n"),
+    );
     write(root, "sys/class/power_supply/AC/type", "Mains\n");
-    write(root, "sys/class/power_supply/AC/online", &format!("{ac_online}\n"));
+    write(
+        root,
+        "sys/class/power_supply/AC/online",
+        &format!("{ac_online}\n"),
+    );
     write(root, "sys/class/net/lo/operstate", "unknown\n");
     write(root, "sys/class/net/wlan0/operstate", "up\n");
 }
@@ -59,10 +72,26 @@ fn hottest_zone_decides_using_trip_points() {
     let r = dir.path();
     write(r, "sys/class/thermal/thermal_zone0/temp", "45000\n");
     write(r, "sys/class/thermal/thermal_zone1/temp", "99000\n");
-    write(r, "sys/class/thermal/thermal_zone1/trip_point_0_type", "passive\n");
-    write(r, "sys/class/thermal/thermal_zone1/trip_point_0_temp", "80000\n");
-    write(r, "sys/class/thermal/thermal_zone1/trip_point_1_type", "critical\n");
-    write(r, "sys/class/thermal/thermal_zone1/trip_point_1_temp", "105000\n");
+    write(
+        r,
+        "sys/class/thermal/thermal_zone1/trip_point_0_type",
+        "passive\n",
+    );
+    write(
+        r,
+        "sys/class/thermal/thermal_zone1/trip_point_0_temp",
+        "80000\n",
+    );
+    write(
+        r,
+        "sys/class/thermal/thermal_zone1/trip_point_1_type",
+        "critical\n",
+    );
+    write(
+        r,
+        "sys/class/thermal/thermal_zone1/trip_point_1_temp",
+        "105000\n",
+    );
     // 99 °C is past passive and hot (defaults to serious 85) but below critical - 5 = 100.
     assert_eq!(reader(r).state().thermal, ThermalLevel::Serious);
     write(r, "sys/class/thermal/thermal_zone1/temp", "101000\n");
@@ -111,7 +140,11 @@ fn network_offline_when_only_loopback_is_up_and_metered_on_wwan() {
 #[test]
 fn low_power_profile_is_read() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "sys/firmware/acpi/platform_profile", "low-power\n");
+    write(
+        dir.path(),
+        "sys/firmware/acpi/platform_profile",
+        "low-power\n",
+    );
     assert!(reader(dir.path()).state().low_power);
 }
 

@@ -203,7 +203,10 @@ pub fn decide(policy: &Policy, inputs: &Inputs) -> Decision {
         ),
         Some(l) => {
             // Critical always forbids local work, whatever the policy says.
-            let limit = policy.thermal.local_forbidden_at.min(ThermalLevel::Critical);
+            let limit = policy
+                .thermal
+                .local_forbidden_at
+                .min(ThermalLevel::Critical);
             if dev.thermal >= limit {
                 rules.push(Rule::ThermalCritical);
                 refuse(
@@ -276,9 +279,8 @@ pub fn decide(policy: &Policy, inputs: &Inputs) -> Decision {
             Target::Cloud
         }
         Mode::Auto => {
-            if !local_ok {
-                Target::Cloud
-            } else if device::battery_critical(dev, policy) && cloud_ok {
+            // A critical battery sends work to the cloud whenever the cloud may take it.
+            if !local_ok || (device::battery_critical(dev, policy) && cloud_ok) {
                 Target::Cloud
             } else {
                 rules.push(Rule::Scored);
@@ -329,7 +331,10 @@ pub fn decide(policy: &Policy, inputs: &Inputs) -> Decision {
         match network_refusal {
             Some((rule, reason)) if only_network => {
                 let (allowed, kind) = if rule == Rule::Offline {
-                    (policy.fallback.offline_to_local, FallbackKind::OfflineToLocal)
+                    (
+                        policy.fallback.offline_to_local,
+                        FallbackKind::OfflineToLocal,
+                    )
                 } else {
                     (
                         policy.fallback.remote_error_to_local,

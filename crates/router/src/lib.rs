@@ -27,8 +27,8 @@
 //! ```
 #![deny(missing_docs)]
 
-mod declared;
 pub mod decision;
+mod declared;
 pub mod policy;
 pub mod redact;
 mod router;

@@ -206,9 +206,7 @@ pub struct NetworkPolicy {
 
 impl Default for NetworkPolicy {
     fn default() -> Self {
-        Self {
-            metered: Unit(0.5),
-        }
+        Self { metered: Unit(0.5) }
     }
 }
 
@@ -464,7 +462,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 fn key_at(text: &str, offset: usize, message: &str) -> Option<String> {
     let offset = offset.min(text.len());
     let line_start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
-    let line_end = text.get(offset..)?.find('\n').map_or(text.len(), |i| offset + i);
+    let line_end = text
+        .get(offset..)?
+        .find('\n')
+        .map_or(text.len(), |i| offset + i);
     let line = text.get(line_start..line_end)?.trim();
     let table = text
         .get(..line_start)?
@@ -475,7 +476,11 @@ fn key_at(text: &str, offset: usize, message: &str) -> Option<String> {
         .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
     let key = if line.starts_with('[') {
         // The error is about the table header itself.
-        Some(line.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+        Some(
+            line.trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string(),
+        )
     } else if let Some((k, _)) = line.split_once('=') {
         let k = k.trim().trim_matches('"').to_string();
         Some(match &table {
@@ -509,7 +514,8 @@ fn locate_key(text: &str, table: &str, key: &str) -> Option<(usize, usize)> {
             continue;
         };
         let k = k.trim();
-        let hit = (current == table && k == key) || (current.is_empty() && k == format!("{table}.{key}"));
+        let hit =
+            (current == table && k == key) || (current.is_empty() && k == format!("{table}.{key}"));
         if hit {
             let column = raw.len() - raw.trim_start().len() + 1;
             return Some((i + 1, column));

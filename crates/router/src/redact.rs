@@ -73,7 +73,7 @@ pub fn redact(request: &ChatRequest, findings: &[Finding]) -> Redacted {
         message.content = redacted;
     }
     // Longest placeholders first so `[EMAIL_10]` is not read as `[EMAIL_1]` + `0]`.
-    pairs.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    pairs.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
     Redacted {
         request: out,
         restorer: Restorer {
@@ -114,10 +114,9 @@ impl Restorer {
             return delta.to_string();
         }
         self.pending.push_str(delta);
-        let hold_from = self
-            .pending
-            .rfind('[')
-            .filter(|&i| !self.pending[i..].contains(']') && self.pending.len() - i < MAX_PLACEHOLDER);
+        let hold_from = self.pending.rfind('[').filter(|&i| {
+            !self.pending[i..].contains(']') && self.pending.len() - i < MAX_PLACEHOLDER
+        });
         let ready = match hold_from {
             Some(i) => {
                 let rest = self.pending.split_off(i);
@@ -142,7 +141,8 @@ mod tests {
 
     #[test]
     fn redacts_and_restores_the_same_value_with_one_placeholder() {
-        let req = ChatRequest::user("Write to bob@example.com, cc bob@example.com and ann@example.org");
+        let req =
+            ChatRequest::user("Write to bob@example.com, cc bob@example.com and ann@example.org");
         let report = PrivacyDetector::new().scan(&req);
         let r = redact(&req, &report.findings);
         let sent = &r.request.messages[0].content;

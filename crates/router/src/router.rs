@@ -47,8 +47,14 @@ impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router")
             .field("policy", &self.inner.policy)
-            .field("local", &self.inner.local.as_ref().map(|b| b.name().to_string()))
-            .field("remote", &self.inner.remote.as_ref().map(|b| b.name().to_string()))
+            .field(
+                "local",
+                &self.inner.local.as_ref().map(|b| b.name().to_string()),
+            )
+            .field(
+                "remote",
+                &self.inner.remote.as_ref().map(|b| b.name().to_string()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -68,7 +74,10 @@ impl std::fmt::Debug for RouterBuilder {
         f.debug_struct("RouterBuilder")
             .field("policy", &self.policy)
             .field("local", &self.local.as_ref().map(|b| b.name().to_string()))
-            .field("remote", &self.remote.as_ref().map(|b| b.name().to_string()))
+            .field(
+                "remote",
+                &self.remote.as_ref().map(|b| b.name().to_string()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -237,20 +246,34 @@ impl Router {
     }
 
     /// Which fallback, if any, the policy allows after `first` failed with `error`.
-    fn error_fallback(&self, first: Target, decision: &Decision, error: &Error) -> Option<FallbackKind> {
+    fn error_fallback(
+        &self,
+        first: Target,
+        decision: &Decision,
+        error: &Error,
+    ) -> Option<FallbackKind> {
         if error.is_cancelled() || decision.refused(first.other()) {
             return None;
         }
         let f = &self.inner.policy.fallback;
         match first {
-            Target::Cloud => f.remote_error_to_local.then_some(FallbackKind::RemoteErrorToLocal),
-            Target::Local => f.local_error_to_cloud.then_some(FallbackKind::LocalErrorToCloud),
+            Target::Cloud => f
+                .remote_error_to_local
+                .then_some(FallbackKind::RemoteErrorToLocal),
+            Target::Local => f
+                .local_error_to_cloud
+                .then_some(FallbackKind::LocalErrorToCloud),
             Target::None => None,
         }
     }
 
     /// The request as `target` should see it, and what restores its answer.
-    fn prepare(&self, target: Target, request: &ChatRequest, plan: &Plan) -> (ChatRequest, Option<Restorer>) {
+    fn prepare(
+        &self,
+        target: Target,
+        request: &ChatRequest,
+        plan: &Plan,
+    ) -> (ChatRequest, Option<Restorer>) {
         if target == Target::Cloud && plan.decision.redact_for_cloud {
             let r = redact::redact(request, &plan.findings);
             (r.request, Some(r.restorer))
@@ -259,7 +282,12 @@ impl Router {
         }
     }
 
-    async fn complete_on(&self, target: Target, request: &ChatRequest, plan: &Plan) -> Result<Reply> {
+    async fn complete_on(
+        &self,
+        target: Target,
+        request: &ChatRequest,
+        plan: &Plan,
+    ) -> Result<Reply> {
         let backend = self.backend(target)?;
         let (request, restorer) = self.prepare(target, request, plan);
         let mut reply = backend.complete(&request).await?;
@@ -315,7 +343,12 @@ impl Router {
         .await
     }
 
-    async fn open(&self, target: Target, request: &ChatRequest, plan: &Plan) -> Result<(ChunkStream, Option<Restorer>)> {
+    async fn open(
+        &self,
+        target: Target,
+        request: &ChatRequest,
+        plan: &Plan,
+    ) -> Result<(ChunkStream, Option<Restorer>)> {
         let backend = self.backend(target)?;
         let (request, restorer) = self.prepare(target, request, plan);
         Ok((backend.stream(&request).await?, restorer))
@@ -338,20 +371,26 @@ impl Router {
             return Err(Error::no_route(NoRoute { route }));
         }
         let first = route.target;
-        let (inner, restorer, target, switched) =
-            match self.open(first, &request, &plan).instrument(span.clone()).await {
-                Ok((s, r)) => (s, r, first, false),
-                Err(error) => {
-                    let Some(kind) = self.error_fallback(first, &plan.decision, &error) else {
-                        return Err(error);
-                    };
-                    let other = first.other();
-                    span.in_scope(|| tracing::warn!(%error, from = %first, to = %other, "backend failed; falling back"));
-                    note_fallback(&mut route, &plan, kind, first, error.to_string());
-                    let (s, r) = self.open(other, &request, &plan).instrument(span.clone()).await?;
-                    (s, r, other, true)
-                }
-            };
+        let (inner, restorer, target, switched) = match self
+            .open(first, &request, &plan)
+            .instrument(span.clone())
+            .await
+        {
+            Ok((s, r)) => (s, r, first, false),
+            Err(error) => {
+                let Some(kind) = self.error_fallback(first, &plan.decision, &error) else {
+                    return Err(error);
+                };
+                let other = first.other();
+                span.in_scope(|| tracing::warn!(%error, from = %first, to = %other, "backend failed; falling back"));
+                note_fallback(&mut route, &plan, kind, first, error.to_string());
+                let (s, r) = self
+                    .open(other, &request, &plan)
+                    .instrument(span.clone())
+                    .await?;
+                (s, r, other, true)
+            }
+        };
         route.target = target;
         let state = StreamState {
             router: self.clone(),
@@ -370,10 +409,13 @@ impl Router {
             pending: None,
             span,
         };
-        Ok(Box::pin(futures::stream::unfold(state, |mut st| async move {
-            let item = st.next_event().await?;
-            Some((item, st))
-        })))
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |mut st| async move {
+                let item = st.next_event().await?;
+                Some((item, st))
+            },
+        )))
     }
 }
 
@@ -443,7 +485,11 @@ impl StreamState {
                     self.usage.prompt_tokens += usage.prompt_tokens;
                     self.usage.completion_tokens += usage.completion_tokens;
                     let done = self.done(finish_reason, model);
-                    let tail = self.restorer.as_mut().map(Restorer::finish).unwrap_or_default();
+                    let tail = self
+                        .restorer
+                        .as_mut()
+                        .map(Restorer::finish)
+                        .unwrap_or_default();
                     if tail.is_empty() {
                         return Some(Ok(done));
                     }
@@ -489,7 +535,10 @@ impl StreamState {
         }
         let policy = &self.router.inner.policy;
         let (kind, request) = if self.text.is_empty() {
-            let Some(kind) = self.router.error_fallback(from, &self.plan.decision, &error) else {
+            let Some(kind) = self
+                .router
+                .error_fallback(from, &self.plan.decision, &error)
+            else {
                 return Err(error);
             };
             (kind, self.request.clone())
@@ -498,7 +547,9 @@ impl StreamState {
                 return Err(error);
             }
             let mut continued = self.request.clone();
-            continued.messages.push(Message::assistant(self.text.clone()));
+            continued
+                .messages
+                .push(Message::assistant(self.text.clone()));
             continued.messages.push(Message::user(CONTINUE_PROMPT));
             (FallbackKind::MidStream, continued)
         };
@@ -518,10 +569,14 @@ impl StreamState {
         };
         self.span.in_scope(|| tracing::warn!(%error, from = %from, to = %other, ?kind, "stream failed; switching backend"));
         let reason = error.to_string();
-        let (inner, restorer) = self.router.open(other, &request, &plan).await.map_err(|e2| {
-            tracing::warn!(error = %e2, "fallback backend failed too");
-            error
-        })?;
+        let (inner, restorer) = self
+            .router
+            .open(other, &request, &plan)
+            .await
+            .map_err(|e2| {
+                tracing::warn!(error = %e2, "fallback backend failed too");
+                error
+            })?;
         note_fallback(&mut self.route, &plan, kind, from, reason);
         self.route.target = other;
         self.target = other;

@@ -1,4 +1,5 @@
 //! Fallback between backends on errors, with the policy's switches.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -80,7 +81,10 @@ async fn local_failure_falls_back_to_cloud() {
         .await
         .unwrap();
     assert_eq!(c.text, "cloud answer");
-    assert_eq!(c.route.fallback.unwrap().kind, FallbackKind::LocalErrorToCloud);
+    assert_eq!(
+        c.route.fallback.unwrap().kind,
+        FallbackKind::LocalErrorToCloud
+    );
 }
 
 #[tokio::test]
@@ -89,7 +93,9 @@ async fn local_failure_never_sends_private_text_to_the_cloud() {
     local.set_script(Script::Fail(|| Error::backend("model crashed")));
     let remote = TestBackend::remote("cloud answer");
     let err = router(Policy::default(), &local, &remote)
-        .complete(ChatRequest::user("my card is 4111 1111 1111 1111, is it expired?"))
+        .complete(ChatRequest::user(
+            "my card is 4111 1111 1111 1111, is it expired?",
+        ))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("model crashed"));
@@ -102,7 +108,9 @@ async fn local_failure_redacts_before_falling_back_to_the_cloud() {
     local.set_script(Script::Fail(|| Error::backend("model crashed")));
     let remote = TestBackend::remote("I wrote to [EMAIL_1] for you.");
     let c = router(Policy::default(), &local, &remote)
-        .complete(ChatRequest::user("Draft a short note to jane.doe@example.com saying hi"))
+        .complete(ChatRequest::user(
+            "Draft a short note to jane.doe@example.com saying hi",
+        ))
         .await
         .unwrap();
     assert!(!remote.all_text().contains("jane.doe@example.com"));
@@ -123,7 +131,10 @@ async fn remote_cooling_down_routes_local_as_a_fallback() {
         .await
         .unwrap();
     assert_eq!(c.route.target, Target::Local);
-    assert_eq!(c.route.fallback.unwrap().kind, FallbackKind::RemoteErrorToLocal);
+    assert_eq!(
+        c.route.fallback.unwrap().kind,
+        FallbackKind::RemoteErrorToLocal
+    );
     assert_eq!(remote.calls(), 0);
 }
 

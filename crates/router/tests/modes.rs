@@ -1,4 +1,5 @@
 //! Every mode against {online, offline} x {local ready, not ready}, through `complete()`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -26,7 +27,11 @@ fn setup(policy: Policy, online: bool, local_ready: bool) -> Case {
         local.set_availability(Availability::Loading { progress: 0.4 });
     }
     let device = DeviceState {
-        network: if online { Network::Online } else { Network::Offline },
+        network: if online {
+            Network::Online
+        } else {
+            Network::Offline
+        },
         ..DeviceState::default()
     };
     let router = Router::builder()
@@ -61,7 +66,9 @@ async fn run(case: &Case, prompt: &str, mode: Mode) -> Target {
             c.route.target
         }
         Err(e) => {
-            let details = e.no_route_details().unwrap_or_else(|| panic!("unexpected error {e}"));
+            let details = e
+                .no_route_details()
+                .unwrap_or_else(|| panic!("unexpected error {e}"));
             assert!(e.refused(Target::Local) && e.refused(Target::Cloud), "{e}");
             assert_eq!(details.route.target, Target::None);
             assert_eq!(case.local.calls() + case.remote.calls(), 0);
@@ -111,11 +118,7 @@ async fn every_mode_against_network_and_local_readiness() {
 #[tokio::test]
 async fn offline_fallback_is_recorded_in_the_route() {
     let case = setup(Policy::default(), false, true);
-    let c = case
-        .router
-        .complete(ChatRequest::user(HARD))
-        .await
-        .unwrap();
+    let c = case.router.complete(ChatRequest::user(HARD)).await.unwrap();
     assert_eq!(c.route.target, Target::Local);
     let fb = c.route.fallback.unwrap();
     assert_eq!(fb.kind, FallbackKind::OfflineToLocal);
@@ -126,8 +129,12 @@ async fn offline_fallback_is_recorded_in_the_route() {
 async fn offline_fallback_can_be_switched_off() {
     let mut p = Policy::default();
     p.fallback.offline_to_local = false;
-    let case = setup(p.clone(), false, true);
-    let err = case.router.complete(ChatRequest::user(HARD)).await.unwrap_err();
+    let case = setup(p, false, true);
+    let err = case
+        .router
+        .complete(ChatRequest::user(HARD))
+        .await
+        .unwrap_err();
     assert!(err.is_no_route());
     assert!(err.refused(Target::Cloud) && err.refused(Target::Local));
     assert!(err.to_string().contains("offline"), "{err}");
@@ -138,7 +145,13 @@ async fn offline_fallback_can_be_switched_off() {
 
 #[tokio::test]
 async fn thermal_critical_never_runs_local_in_any_mode_or_policy() {
-    for name in ["balanced", "privacy-first", "battery-saver", "cloud-first", "offline-only"] {
+    for name in [
+        "balanced",
+        "privacy-first",
+        "battery-saver",
+        "cloud-first",
+        "offline-only",
+    ] {
         for mode in Mode::ALL {
             for prompt in [SIMPLE, HARD, "my card is 4111 1111 1111 1111"] {
                 let local = TestBackend::local("local answer");
@@ -153,9 +166,13 @@ async fn thermal_critical_never_runs_local_in_any_mode_or_policy() {
                     })
                     .build()
                     .unwrap();
-                let _ = router.complete(ChatRequest::user(prompt).with_mode(mode)).await;
+                let _ = router
+                    .complete(ChatRequest::user(prompt).with_mode(mode))
+                    .await;
                 assert_eq!(local.calls(), 0, "policy {name}, mode {mode}");
-                let route = router.decide(&ChatRequest::user(prompt).with_mode(mode)).unwrap();
+                let route = router
+                    .decide(&ChatRequest::user(prompt).with_mode(mode))
+                    .unwrap();
                 assert_ne!(route.target, Target::Local);
                 assert!(route.fired(elmroute_core::Rule::ThermalCritical));
             }
@@ -173,7 +190,11 @@ async fn request_mode_overrides_policy_mode() {
 async fn context_too_long_for_local_goes_to_cloud() {
     let case = setup(Policy::default(), true, true);
     let long = "word ".repeat(3000); // ~3750 tokens by the default estimate, context 2048
-    let c = case.router.complete(ChatRequest::user(long).with_mode(Mode::PreferLocal)).await.unwrap();
+    let c = case
+        .router
+        .complete(ChatRequest::user(long).with_mode(Mode::PreferLocal))
+        .await
+        .unwrap();
     assert_eq!(c.route.target, Target::Cloud);
     assert!(c.route.fired(elmroute_core::Rule::ContextTooLong));
 }
@@ -182,7 +203,19 @@ async fn context_too_long_for_local_goes_to_cloud() {
 async fn invalid_requests_are_typed_errors() {
     let case = setup(Policy::default(), true, true);
     let empty = ChatRequest::default();
-    assert!(case.router.complete(empty).await.unwrap_err().is_invalid_request());
+    assert!(
+        case.router
+            .complete(empty)
+            .await
+            .unwrap_err()
+            .is_invalid_request()
+    );
     let hot = ChatRequest::user("hi").with_temperature(f32::NAN);
-    assert!(case.router.complete(hot).await.unwrap_err().is_invalid_request());
+    assert!(
+        case.router
+            .complete(hot)
+            .await
+            .unwrap_err()
+            .is_invalid_request()
+    );
 }

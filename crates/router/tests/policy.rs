@@ -1,5 +1,6 @@
 //! Policy files: the shipped ones load and behave as documented; broken ones give errors
 //! naming the file, the key and the line.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -7,7 +8,13 @@ use common::{TestBackend, policy};
 use elmroute_core::{Battery, ChatRequest, DeviceState, Mode, Network, Target};
 use elmroute_router::{Policy, PolicyError, Router};
 
-const SHIPPED: [&str; 5] = ["balanced", "privacy-first", "battery-saver", "cloud-first", "offline-only"];
+const SHIPPED: [&str; 5] = [
+    "balanced",
+    "privacy-first",
+    "battery-saver",
+    "cloud-first",
+    "offline-only",
+];
 
 fn decide(p: Policy, device: DeviceState, prompt: &str) -> elmroute_core::Route {
     Router::builder()
@@ -49,7 +56,11 @@ fn every_shipped_policy_keeps_clearly_private_content_on_the_device() {
             for device in [DeviceState::default(), on_battery(0.05)] {
                 let route = decide(policy(name), device, prompt);
                 assert_ne!(route.target, Target::Cloud, "policy {name}: {prompt}");
-                assert!(route.scores.privacy >= 0.7, "{prompt}: {}", route.scores.privacy);
+                assert!(
+                    route.scores.privacy >= 0.7,
+                    "{prompt}: {}",
+                    route.scores.privacy
+                );
             }
         }
     }
@@ -57,8 +68,14 @@ fn every_shipped_policy_keeps_clearly_private_content_on_the_device() {
 
 #[test]
 fn balanced_sends_hard_requests_to_the_cloud_and_easy_ones_to_the_device() {
-    assert_eq!(decide(policy("balanced"), DeviceState::default(), SIMPLE).target, Target::Local);
-    assert_eq!(decide(policy("balanced"), DeviceState::default(), HARD).target, Target::Cloud);
+    assert_eq!(
+        decide(policy("balanced"), DeviceState::default(), SIMPLE).target,
+        Target::Local
+    );
+    assert_eq!(
+        decide(policy("balanced"), DeviceState::default(), HARD).target,
+        Target::Cloud
+    );
 }
 
 #[test]
@@ -68,7 +85,10 @@ fn privacy_first_keeps_a_single_email_on_the_device_where_balanced_redacts_it() 
     assert_eq!(pf.target, Target::Local);
     let mut req_mode = policy("privacy-first");
     req_mode.mode = Mode::CloudOnly;
-    assert_eq!(decide(req_mode, DeviceState::default(), prompt).target, Target::None);
+    assert_eq!(
+        decide(req_mode, DeviceState::default(), prompt).target,
+        Target::None
+    );
     let bal = decide(policy("balanced"), DeviceState::default(), prompt);
     assert_eq!(bal.target, Target::Cloud);
     assert_eq!(bal.redactions, 1);
@@ -76,35 +96,60 @@ fn privacy_first_keeps_a_single_email_on_the_device_where_balanced_redacts_it() 
 
 #[test]
 fn battery_saver_moves_easy_requests_to_the_cloud_on_low_battery() {
-    assert_eq!(decide(policy("battery-saver"), on_battery(0.9), SIMPLE).target, Target::Local);
-    assert_eq!(decide(policy("battery-saver"), on_battery(0.3), SIMPLE).target, Target::Cloud);
+    assert_eq!(
+        decide(policy("battery-saver"), on_battery(0.9), SIMPLE).target,
+        Target::Local
+    );
+    assert_eq!(
+        decide(policy("battery-saver"), on_battery(0.3), SIMPLE).target,
+        Target::Cloud
+    );
     // balanced only starts caring at 20 %
-    assert_eq!(decide(policy("balanced"), on_battery(0.3), SIMPLE).target, Target::Local);
-    assert_eq!(decide(policy("balanced"), on_battery(0.05), SIMPLE).target, Target::Cloud);
+    assert_eq!(
+        decide(policy("balanced"), on_battery(0.3), SIMPLE).target,
+        Target::Local
+    );
+    assert_eq!(
+        decide(policy("balanced"), on_battery(0.05), SIMPLE).target,
+        Target::Cloud
+    );
 }
 
 #[test]
 fn cloud_first_prefers_the_cloud_and_falls_back_offline() {
-    assert_eq!(decide(policy("cloud-first"), DeviceState::default(), SIMPLE).target, Target::Cloud);
+    assert_eq!(
+        decide(policy("cloud-first"), DeviceState::default(), SIMPLE).target,
+        Target::Cloud
+    );
     let offline = DeviceState {
         network: Network::Offline,
         ..DeviceState::default()
     };
-    assert_eq!(decide(policy("cloud-first"), offline, SIMPLE).target, Target::Local);
+    assert_eq!(
+        decide(policy("cloud-first"), offline, SIMPLE).target,
+        Target::Local
+    );
 }
 
 #[test]
 fn offline_only_never_picks_the_cloud() {
     for prompt in [SIMPLE, HARD] {
         for device in [DeviceState::default(), on_battery(0.01)] {
-            assert_eq!(decide(policy("offline-only"), device, prompt).target, Target::Local);
+            assert_eq!(
+                decide(policy("offline-only"), device, prompt).target,
+                Target::Local
+            );
         }
     }
 }
 
 fn invalid(src: &str) -> (usize, Option<String>, String) {
     match Policy::from_toml(src, "test.toml").unwrap_err() {
-        e @ PolicyError::Invalid { .. } => (e.line().unwrap(), e.key().map(str::to_string), e.to_string()),
+        e @ PolicyError::Invalid { .. } => (
+            e.line().unwrap(),
+            e.key().map(str::to_string),
+            e.to_string(),
+        ),
         other => panic!("unexpected {other}"),
     }
 }

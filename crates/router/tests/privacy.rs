@@ -1,4 +1,5 @@
 //! Private prompts and what the remote backend receives.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -7,7 +8,10 @@ use elmroute_core::{ChatRequest, Mode, Rule, Sensitivity, Target};
 use elmroute_router::Router;
 
 fn pair() -> (TestBackend, TestBackend) {
-    (TestBackend::local("local answer"), TestBackend::remote("cloud answer"))
+    (
+        TestBackend::local("local answer"),
+        TestBackend::remote("cloud answer"),
+    )
 }
 
 #[tokio::test]
@@ -28,8 +32,12 @@ async fn private_prompt_under_privacy_first_never_reaches_the_remote() {
                 .remote(remote.clone())
                 .build()
                 .unwrap();
-            let _ = router.complete(ChatRequest::user(prompt).with_mode(mode)).await;
-            let _ = router.stream(ChatRequest::user(prompt).with_mode(mode)).await;
+            let _ = router
+                .complete(ChatRequest::user(prompt).with_mode(mode))
+                .await;
+            let _ = router
+                .stream(ChatRequest::user(prompt).with_mode(mode))
+                .await;
             assert_eq!(remote.calls(), 0, "{prompt} in {mode} reached the remote");
         }
     }
@@ -45,7 +53,10 @@ async fn confidential_label_keeps_even_bland_text_local() {
         .build()
         .unwrap();
     let c = router
-        .complete(ChatRequest::user("Summarise the quarterly plan").with_sensitivity(Sensitivity::Confidential))
+        .complete(
+            ChatRequest::user("Summarise the quarterly plan")
+                .with_sensitivity(Sensitivity::Confidential),
+        )
         .await
         .unwrap();
     assert_eq!(c.route.target, Target::Local);
@@ -85,7 +96,9 @@ async fn history_counts_too() {
     let req = ChatRequest::new(vec![
         elmroute_core::Message::user("My card is 4111 1111 1111 1111"),
         elmroute_core::Message::assistant("Noted."),
-        elmroute_core::Message::user("Now explain step by step how to derive the chain rule and prove it"),
+        elmroute_core::Message::user(
+            "Now explain step by step how to derive the chain rule and prove it",
+        ),
     ]);
     let c = router.complete(req).await.unwrap();
     assert_eq!(c.route.target, Target::Local);

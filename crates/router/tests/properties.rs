@@ -1,4 +1,5 @@
 //! Properties of the decision over generated inputs.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use elmroute_core::{Battery, DeviceState, Mode, Network, Target, ThermalLevel};
 use elmroute_router::decision::{Inputs, LocalView, RemoteView, decide};
@@ -15,7 +16,11 @@ fn thermal() -> impl Strategy<Value = ThermalLevel> {
 }
 
 fn network() -> impl Strategy<Value = Network> {
-    prop_oneof![Just(Network::Online), Just(Network::Metered), Just(Network::Offline)]
+    prop_oneof![
+        Just(Network::Online),
+        Just(Network::Metered),
+        Just(Network::Offline)
+    ]
 }
 
 fn mode() -> impl Strategy<Value = Mode> {
@@ -51,13 +56,22 @@ prop_compose! {
 fn policies() -> &'static [Policy] {
     static POLICIES: std::sync::OnceLock<Vec<Policy>> = std::sync::OnceLock::new();
     POLICIES.get_or_init(|| {
-        ["balanced", "privacy-first", "battery-saver", "cloud-first", "offline-only"]
-            .iter()
-            .map(|n| {
-                Policy::from_file(format!("{}/../../policies/{n}.toml", env!("CARGO_MANIFEST_DIR")))
-                    .unwrap()
-            })
-            .collect()
+        [
+            "balanced",
+            "privacy-first",
+            "battery-saver",
+            "cloud-first",
+            "offline-only",
+        ]
+        .iter()
+        .map(|n| {
+            Policy::from_file(format!(
+                "{}/../../policies/{n}.toml",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        })
+        .collect()
     })
 }
 

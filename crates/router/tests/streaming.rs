@@ -1,4 +1,5 @@
 //! Streams: deltas then the route; fallback before the first token and in the middle.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -17,7 +18,10 @@ fn router(p: Policy, local: &TestBackend, remote: &TestBackend) -> Router {
 }
 
 /// Collects a stream: the text, the final route, and an error if it ended in one.
-async fn collect(r: &Router, req: ChatRequest) -> (String, Option<elmroute_core::Route>, Option<Error>) {
+async fn collect(
+    r: &Router,
+    req: ChatRequest,
+) -> (String, Option<elmroute_core::Route>, Option<Error>) {
     let mut s = r.stream(req).await.unwrap();
     let mut text = String::new();
     let mut route = None;
@@ -38,7 +42,11 @@ async fn collect(r: &Router, req: ChatRequest) -> (String, Option<elmroute_core:
 async fn stream_yields_deltas_then_the_route() {
     let local = TestBackend::local("one two three");
     let remote = TestBackend::remote("unused");
-    let (text, route, err) = collect(&router(Policy::default(), &local, &remote), ChatRequest::user("hi")).await;
+    let (text, route, err) = collect(
+        &router(Policy::default(), &local, &remote),
+        ChatRequest::user("hi"),
+    )
+    .await;
     assert!(err.is_none());
     assert_eq!(text, "one two three");
     let route = route.unwrap();
@@ -55,7 +63,9 @@ async fn broken_cloud_stream_continues_on_the_device_with_the_text_so_far() {
         elmroute_core::BackendKind::Remote,
         Script::BreakAfter("The beginning of a long answer".into(), 3),
     );
-    let req = ChatRequest::user("Explain step by step and prove, then implement in Rust, the derivation of the integral");
+    let req = ChatRequest::user(
+        "Explain step by step and prove, then implement in Rust, the derivation of the integral",
+    );
     let (text, route, err) = collect(&router(Policy::default(), &local, &remote), req).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(text, "The beginning of and the end.");
@@ -125,5 +135,8 @@ async fn stream_error_before_first_token_falls_back() {
     let (text, route, err) = collect(&router(Policy::default(), &local, &remote), req).await;
     assert!(err.is_none());
     assert_eq!(text, "local words");
-    assert_eq!(route.unwrap().fallback.unwrap().kind, FallbackKind::RemoteErrorToLocal);
+    assert_eq!(
+        route.unwrap().fallback.unwrap().kind,
+        FallbackKind::RemoteErrorToLocal
+    );
 }

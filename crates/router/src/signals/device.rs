@@ -17,7 +17,11 @@ pub fn battery(state: &DeviceState, policy: &Policy) -> f32 {
     };
     let low = policy.battery.low.get();
     let critical = policy.battery.critical.get();
-    let level = if b.level.is_finite() { b.level.clamp(0.0, 1.0) } else { 1.0 };
+    let level = if b.level.is_finite() {
+        b.level.clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
     let pressure = if level <= critical {
         1.0
     } else if level <= low {
@@ -83,7 +87,10 @@ mod tests {
     fn battery_pressure_rises_as_charge_falls() {
         let p = Policy::default();
         let levels = [0.9, 0.3, 0.2, 0.15, 0.1, 0.05];
-        let scores: Vec<f32> = levels.iter().map(|&l| battery(&on_battery(l), &p)).collect();
+        let scores: Vec<f32> = levels
+            .iter()
+            .map(|&l| battery(&on_battery(l), &p))
+            .collect();
         assert!(scores.windows(2).all(|w| w[0] <= w[1]), "{scores:?}");
         assert_eq!(scores[0], 0.0);
         assert_eq!(scores[4], 1.0);

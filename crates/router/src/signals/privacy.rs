@@ -107,28 +107,110 @@ impl PrivacyReport {
 
 const TOPICS: &[&str] = &[
     // health
-    "diagnosed", "diagnosis", "my doctor", "therapist", "therapy", "depression", "depressed",
-    "anxiety", "panic attack", "suicidal", "self-harm", "hiv", "cancer", "tumor", "tumour",
-    "chemotherapy", "diabetes", "pregnant", "pregnancy", "miscarriage", "abortion",
-    "medication", "prescription", "antidepressant", "bipolar", "schizophrenia", "adhd",
-    "autism", "rehab", "addiction", "std", "sti", "symptoms", "surgery", "blood test",
-    "mental health", "eating disorder", "disability", "medical record", "psychiatrist",
+    "diagnosed",
+    "diagnosis",
+    "my doctor",
+    "therapist",
+    "therapy",
+    "depression",
+    "depressed",
+    "anxiety",
+    "panic attack",
+    "suicidal",
+    "self-harm",
+    "hiv",
+    "cancer",
+    "tumor",
+    "tumour",
+    "chemotherapy",
+    "diabetes",
+    "pregnant",
+    "pregnancy",
+    "miscarriage",
+    "abortion",
+    "medication",
+    "prescription",
+    "antidepressant",
+    "bipolar",
+    "schizophrenia",
+    "adhd",
+    "autism",
+    "rehab",
+    "addiction",
+    "std",
+    "sti",
+    "symptoms",
+    "surgery",
+    "blood test",
+    "mental health",
+    "eating disorder",
+    "disability",
+    "medical record",
+    "psychiatrist",
     // finance
-    "salary", "my income", "bank account", "account number", "credit score", "debt", "loan",
-    "mortgage", "bankrupt", "bankruptcy", "tax return", "net worth", "owe ", "overdraft",
-    "pin code", "routing number",
+    "salary",
+    "my income",
+    "bank account",
+    "account number",
+    "credit score",
+    "debt",
+    "loan",
+    "mortgage",
+    "bankrupt",
+    "bankruptcy",
+    "tax return",
+    "net worth",
+    "owe ",
+    "overdraft",
+    "pin code",
+    "routing number",
     // legal and identity
-    "lawsuit", "arrested", "criminal record", "conviction", "divorce", "custody",
-    "immigration status", "visa status", "undocumented", "passport number",
-    "social security", "date of birth", "born on",
+    "lawsuit",
+    "arrested",
+    "criminal record",
+    "conviction",
+    "divorce",
+    "custody",
+    "immigration status",
+    "visa status",
+    "undocumented",
+    "passport number",
+    "social security",
+    "date of birth",
+    "born on",
     // intimate and beliefs
-    "sexual orientation", "gay", "lesbian", "bisexual", "transgender", "affair",
-    "religion", "my religious", "political views", "union member",
+    "sexual orientation",
+    "gay",
+    "lesbian",
+    "bisexual",
+    "transgender",
+    "affair",
+    "religion",
+    "my religious",
+    "political views",
+    "union member",
 ];
 
 const FIRST_PERSON: &[&str] = &[
-    "i ", "i'm", "i am", "i've", "i was", "i have", "my ", "me ", "me.", "me,", "mine", "myself",
-    "we ", "our ", "my wife", "my husband", "my son", "my daughter", "my partner",
+    "i ",
+    "i'm",
+    "i am",
+    "i've",
+    "i was",
+    "i have",
+    "my ",
+    "me ",
+    "me.",
+    "me,",
+    "mine",
+    "myself",
+    "we ",
+    "our ",
+    "my wife",
+    "my husband",
+    "my son",
+    "my daughter",
+    "my partner",
 ];
 
 /// Finds private data in requests. Build once and share: construction compiles the
@@ -177,10 +259,7 @@ impl PrivacyDetector {
                 | (?i:\b(?:password|passwd|pwd|passcode|api[_\-\ ]?key|secret|access[_\-\ ]?token|auth[_\-\ ]?token|pin)\b\s*(?:is|[:=])\s*\S+)",
             ),
             (PiiKind::Card, r"\b\d(?:[ \-]?\d){12,18}\b"),
-            (
-                PiiKind::Iban,
-                r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b",
-            ),
+            (PiiKind::Iban, r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b"),
             (PiiKind::NationalId, r"\b\d{3}-\d{2}-\d{4}\b"),
             (
                 PiiKind::Email,
@@ -249,9 +328,7 @@ impl PrivacyDetector {
                     PiiKind::Phone => phone_ok(span),
                     _ => true,
                 };
-                let overlaps = out[first..]
-                    .iter()
-                    .any(|f| f.start < end && start < f.end);
+                let overlaps = out[first..].iter().any(|f| f.start < end && start < f.end);
                 if valid && !overlaps {
                     out.push(Finding {
                         kind: *kind,
@@ -264,9 +341,10 @@ impl PrivacyDetector {
         }
         if let Some(topics) = &self.topics {
             let bytes = text.as_bytes();
-            let personal = self.first_person.as_ref().is_some_and(|fp| {
-                fp.find_iter(text).any(|m| word_start(bytes, m.start()))
-            });
+            let personal = self
+                .first_person
+                .as_ref()
+                .is_some_and(|fp| fp.find_iter(text).any(|m| word_start(bytes, m.start())));
             for m in topics.find_iter(text) {
                 if !word_start(bytes, m.start()) || !word_end(bytes, m.end()) {
                     continue;
@@ -400,13 +478,28 @@ mod tests {
 
     #[test]
     fn finds_each_kind() {
-        assert_eq!(kinds("mail me at jane.doe@example.com"), vec![PiiKind::Email]);
-        assert_eq!(kinds("card 4111 1111 1111 1111 exp 12/29"), vec![PiiKind::Card]);
-        assert_eq!(kinds("call +1 (415) 555-0134 tonight"), vec![PiiKind::Phone]);
+        assert_eq!(
+            kinds("mail me at jane.doe@example.com"),
+            vec![PiiKind::Email]
+        );
+        assert_eq!(
+            kinds("card 4111 1111 1111 1111 exp 12/29"),
+            vec![PiiKind::Card]
+        );
+        assert_eq!(
+            kinds("call +1 (415) 555-0134 tonight"),
+            vec![PiiKind::Phone]
+        );
         assert_eq!(kinds("ssn 123-45-6789"), vec![PiiKind::NationalId]);
-        assert_eq!(kinds("key sk-abcdefghijklmnop1234567890"), vec![PiiKind::Secret]);
+        assert_eq!(
+            kinds("key sk-abcdefghijklmnop1234567890"),
+            vec![PiiKind::Secret]
+        );
         assert_eq!(kinds("my password is hunter2"), vec![PiiKind::Secret]);
-        assert_eq!(kinds("IBAN DE89 3704 0044 0532 0130 00"), vec![PiiKind::Iban]);
+        assert_eq!(
+            kinds("IBAN DE89 3704 0044 0532 0130 00"),
+            vec![PiiKind::Iban]
+        );
         assert_eq!(kinds("I live at 221 Baker Street"), vec![PiiKind::Address]);
     }
 
@@ -420,6 +513,9 @@ mod tests {
     #[test]
     fn topics_count_more_in_the_first_person() {
         assert_eq!(kinds("what is diabetes?"), vec![PiiKind::TopicMention]);
-        assert_eq!(kinds("I was diagnosed with diabetes"), vec![PiiKind::SensitiveTopic, PiiKind::SensitiveTopic]);
+        assert_eq!(
+            kinds("I was diagnosed with diabetes"),
+            vec![PiiKind::SensitiveTopic, PiiKind::SensitiveTopic]
+        );
     }
 }

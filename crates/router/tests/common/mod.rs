@@ -40,7 +40,11 @@ impl TestBackend {
             kind,
             inner: Arc::new(Mutex::new(State {
                 availability: Availability::Ready,
-                context: if kind == BackendKind::Local { Some(2048) } else { None },
+                context: if kind == BackendKind::Local {
+                    Some(2048)
+                } else {
+                    None
+                },
                 script,
                 received: Vec::new(),
             })),
@@ -48,11 +52,19 @@ impl TestBackend {
     }
 
     pub fn local(answer: &str) -> Self {
-        Self::new("test-local", BackendKind::Local, Script::Answer(answer.into()))
+        Self::new(
+            "test-local",
+            BackendKind::Local,
+            Script::Answer(answer.into()),
+        )
     }
 
     pub fn remote(answer: &str) -> Self {
-        Self::new("test-remote", BackendKind::Remote, Script::Answer(answer.into()))
+        Self::new(
+            "test-remote",
+            BackendKind::Remote,
+            Script::Answer(answer.into()),
+        )
     }
 
     pub fn set_availability(&self, a: Availability) {
@@ -90,7 +102,11 @@ impl TestBackend {
 fn words(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (i, w) in text.split(' ').enumerate() {
-        out.push(if i == 0 { w.to_string() } else { format!(" {w}") });
+        out.push(if i == 0 {
+            w.to_string()
+        } else {
+            format!(" {w}")
+        });
     }
     out
 }
