@@ -215,6 +215,8 @@ const FIRST_PERSON: &[&str] = &[
 
 /// Finds private data in requests. Build once and share: construction compiles the
 /// expressions.
+///
+/// Use [`PrivacyDetector::detector_count`] to check that every built-in detector compiled.
 #[derive(Debug, Clone)]
 pub struct PrivacyDetector {
     detectors: Vec<(PiiKind, Regex)>,
@@ -278,15 +280,28 @@ impl PrivacyDetector {
                 r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b",
             ),
         ];
-        let detectors = patterns
+        let detectors: Vec<(PiiKind, Regex)> = patterns
             .into_iter()
-            .filter_map(|(k, p)| regex(p).map(|r| (k, r)))
+            .filter_map(|(k, p)| {
+                let r = regex(p);
+                if r.is_none() {
+                    // Only reachable if the regex crate is built without a feature the
+                    // patterns need; say so loudly instead of silently detecting less.
+                    tracing::error!(kind = ?k, "privacy detector failed to compile; it is disabled");
+                }
+                r.map(|r| (k, r))
+            })
             .collect();
         Self {
             detectors,
             topics: automaton(TOPICS),
             first_person: automaton(FIRST_PERSON),
         }
+    }
+
+    /// How many pattern detectors are active (8 when all compiled).
+    pub fn detector_count(&self) -> usize {
+        self.detectors.len()
     }
 
     /// Scans every message of a request.
