@@ -29,6 +29,8 @@
 //!
 //! [network]
 //! metered = 0.5          # the network signal on a metered link
+//! cooldown_after = 3     # consecutive transient cloud failures before a cool-down (0: never)
+//! cooldown_secs = 30     # how long the router then leaves the cloud alone
 //!
 //! [fallback]
 //! offline_to_local = true
@@ -202,11 +204,21 @@ impl Default for ThermalPolicy {
 pub struct NetworkPolicy {
     /// The network signal on a metered link. Default 0.5.
     pub metered: Unit,
+    /// After this many consecutive transient cloud failures (offline, timeouts, 429, 5xx)
+    /// the router stops trying the cloud for `cooldown_secs`. Default 3; 0 turns it off.
+    pub cooldown_after: u32,
+    /// How long a cool-down lasts, in seconds, 1..=3600. Default 30. A provider's
+    /// `Retry-After` starts one of its own length at once.
+    pub cooldown_secs: u32,
 }
 
 impl Default for NetworkPolicy {
     fn default() -> Self {
-        Self { metered: Unit(0.5) }
+        Self {
+            metered: Unit(0.5),
+            cooldown_after: 3,
+            cooldown_secs: 30,
+        }
     }
 }
 
@@ -421,6 +433,16 @@ impl Policy {
                     "must not exceed thermal.serious ({}), found {}",
                     self.thermal.serious.get(),
                     self.thermal.fair.get()
+                ),
+            );
+        }
+        if !(1..=3600).contains(&self.network.cooldown_secs) {
+            return fail(
+                "network",
+                "cooldown_secs",
+                format!(
+                    "expected whole seconds from 1 to 3600, found {}",
+                    self.network.cooldown_secs
                 ),
             );
         }

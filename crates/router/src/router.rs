@@ -2,8 +2,8 @@
 //! returns the answer with its [`Route`].
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use elmroute_core::{
     Backend, ChatRequest, Chunk, ChunkStream, Completion, DeviceSource, DeviceState, Error,
@@ -41,6 +41,54 @@ struct Inner {
     device: Arc<dyn DeviceSource>,
     complexity: Arc<dyn ComplexityScorer>,
     privacy: PrivacyDetector,
+    health: Mutex<RemoteHealth>,
+}
+
+/// What the router has seen of the cloud lately: consecutive transient failures open a
+/// cool-down, so a dead network costs one timeout per cool-down, not one per request.
+#[derive(Debug, Default)]
+struct RemoteHealth {
+    failures: u32,
+    cooling_until: Option<Instant>,
+}
+
+impl Inner {
+    fn remote_cooling(&self) -> Option<Duration> {
+        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        health
+            .cooling_until
+            .and_then(|until| until.checked_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
+    }
+
+    fn record_remote(&self, outcome: std::result::Result<(), &Error>) {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(()) => *health = RemoteHealth::default(),
+            Err(e) if e.is_retryable() => {
+                health.failures = health.failures.saturating_add(1);
+                let n = &self.policy.network;
+                let mut until = None;
+                if n.cooldown_after > 0 && health.failures >= n.cooldown_after {
+                    until = Some(Instant::now() + Duration::from_secs(u64::from(n.cooldown_secs)));
+                }
+                if let Some(wait) = e.retry_after() {
+                    let asked = Instant::now() + wait.min(Duration::from_secs(3600));
+                    until = Some(until.map_or(asked, |u: Instant| u.max(asked)));
+                }
+                if let Some(until) = until {
+                    tracing::warn!(
+                        failures = health.failures,
+                        cooldown_ms =
+                            until.saturating_duration_since(Instant::now()).as_millis() as u64,
+                        "cloud cooling down"
+                    );
+                    health.cooling_until = Some(until);
+                }
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 impl std::fmt::Debug for Router {
@@ -156,6 +204,7 @@ impl RouterBuilder {
                 device: self.device,
                 complexity: self.complexity,
                 privacy: PrivacyDetector::new(),
+                health: Mutex::new(RemoteHealth::default()),
             }),
         })
     }
@@ -208,7 +257,10 @@ impl Router {
             }
         });
         let remote = inner.remote.as_ref().map(|b| {
-            let availability = b.availability();
+            let availability = match inner.remote_cooling() {
+                Some(remaining) => elmroute_core::Availability::CoolingDown { remaining },
+                None => b.availability(),
+            };
             RemoteView {
                 ready: availability.is_ready(),
                 cooling_down: matches!(
@@ -290,7 +342,11 @@ impl Router {
     ) -> Result<Reply> {
         let backend = self.backend(target)?;
         let (request, restorer) = self.prepare(target, request, plan);
-        let mut reply = backend.complete(&request).await?;
+        let result = backend.complete(&request).await;
+        if target == Target::Cloud {
+            self.inner.record_remote(result.as_ref().map(|_| ()));
+        }
+        let mut reply = result?;
         if let Some(r) = restorer {
             reply.text = r.restore(&reply.text);
         }
@@ -351,7 +407,13 @@ impl Router {
     ) -> Result<(ChunkStream, Option<Restorer>)> {
         let backend = self.backend(target)?;
         let (request, restorer) = self.prepare(target, request, plan);
-        Ok((backend.stream(&request).await?, restorer))
+        let result = backend.stream(&request).await;
+        if target == Target::Cloud
+            && let Err(e) = &result
+        {
+            self.inner.record_remote(Err(e));
+        }
+        Ok((result?, restorer))
     }
 
     /// Answers a request as a stream of text deltas, then the route.
@@ -482,6 +544,9 @@ impl StreamState {
                     model,
                 })) => {
                     self.finished = true;
+                    if self.target == Target::Cloud {
+                        self.router.inner.record_remote(Ok(()));
+                    }
                     self.usage.prompt_tokens += usage.prompt_tokens;
                     self.usage.completion_tokens += usage.completion_tokens;
                     let done = self.done(finish_reason, model);
@@ -500,6 +565,9 @@ impl StreamState {
                 Some(Err(e)) => e,
                 None => Error::protocol("the backend's stream ended without saying it was done"),
             };
+            if self.target == Target::Cloud {
+                self.router.inner.record_remote(Err(&failure));
+            }
             if let Err(e) = self.switch(failure).await {
                 self.finished = true;
                 return Some(Err(e));

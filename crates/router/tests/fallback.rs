@@ -154,3 +154,63 @@ async fn offline_only_policy_never_touches_the_network() {
     assert!(err.to_string().contains("local_only"), "{err}");
     assert_eq!(remote.calls(), 0);
 }
+
+#[tokio::test]
+async fn repeated_cloud_failures_open_a_cool_down_and_success_closes_it() {
+    let local = TestBackend::local("local answer");
+    let remote = TestBackend::remote("cloud answer");
+    remote.set_script(Script::Fail(|| Error::offline("connection refused")));
+    let mut p = Policy::default();
+    p.network.cooldown_after = 2;
+    p.network.cooldown_secs = 3600;
+    let r = router(p, &local, &remote);
+    for _ in 0..2 {
+        let c = r.complete(ChatRequest::user(HARD)).await.unwrap();
+        assert_eq!(
+            c.route.fallback.unwrap().kind,
+            FallbackKind::RemoteErrorToLocal
+        );
+    }
+    assert_eq!(remote.calls(), 2);
+    // Cooling down: the cloud is not even tried.
+    let c = r.complete(ChatRequest::user(HARD)).await.unwrap();
+    assert_eq!(remote.calls(), 2);
+    assert_eq!(c.route.target, Target::Local);
+    assert!(c.route.fired(elmroute_core::Rule::RemoteCoolingDown));
+    // cloud_only gets a typed NoRoute naming the cool-down instead of a wait.
+    let err = r
+        .complete(ChatRequest::user(HARD).with_mode(Mode::CloudOnly))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cooling down"), "{err}");
+}
+
+#[tokio::test]
+async fn retry_after_starts_a_cool_down_at_once() {
+    let local = TestBackend::local("local answer");
+    let remote = TestBackend::remote("unused");
+    remote.set_script(Script::Fail(|| {
+        Error::status(429, "slow down", Some(Duration::from_secs(600)))
+    }));
+    let r = router(Policy::default(), &local, &remote);
+    let _ = r.complete(ChatRequest::user(HARD)).await.unwrap();
+    let _ = r.complete(ChatRequest::user(HARD)).await.unwrap();
+    assert_eq!(remote.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_success_resets_the_failure_count() {
+    let local = TestBackend::local("local answer");
+    let remote = TestBackend::remote("cloud answer");
+    let mut p = Policy::default();
+    p.network.cooldown_after = 2;
+    let r = router(p, &local, &remote);
+    for _ in 0..3 {
+        remote.set_script(Script::Fail(|| Error::timeout("read")));
+        let _ = r.complete(ChatRequest::user(HARD)).await.unwrap();
+        remote.set_script(Script::Answer("cloud answer".into()));
+        let c = r.complete(ChatRequest::user(HARD)).await.unwrap();
+        assert_eq!(c.route.target, Target::Cloud);
+    }
+    assert_eq!(remote.calls(), 6);
+}
