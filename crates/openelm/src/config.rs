@@ -397,7 +397,10 @@ impl Config {
             );
             let p = format!("transformer.layers.{i}");
             out.push((format!("{p}.attn_norm.weight"), vec![d]));
-            out.push((format!("{p}.attn.qkv_proj.weight"), vec![(q + 2 * kv) * hd, d]));
+            out.push((
+                format!("{p}.attn.qkv_proj.weight"),
+                vec![(q + 2 * kv) * hd, d],
+            ));
             if self.normalize_qk_projections {
                 out.push((format!("{p}.attn.q_norm.weight"), vec![hd]));
                 out.push((format!("{p}.attn.k_norm.weight"), vec![hd]));
@@ -472,9 +475,18 @@ mod tests {
 
     #[test]
     fn sizes_parse() {
-        assert_eq!("270M".parse::<OfficialSize>().ok(), Some(OfficialSize::M270));
-        assert_eq!("1_1B".parse::<OfficialSize>().ok(), Some(OfficialSize::B1_1));
-        assert_eq!("1.1b".parse::<OfficialSize>().ok(), Some(OfficialSize::B1_1));
+        assert_eq!(
+            "270M".parse::<OfficialSize>().ok(),
+            Some(OfficialSize::M270)
+        );
+        assert_eq!(
+            "1_1B".parse::<OfficialSize>().ok(),
+            Some(OfficialSize::B1_1)
+        );
+        assert_eq!(
+            "1.1b".parse::<OfficialSize>().ok(),
+            Some(OfficialSize::B1_1)
+        );
         assert!("7B".parse::<OfficialSize>().is_err());
     }
 }

@@ -46,7 +46,16 @@ impl Linear {
                 } else {
                     x.contiguous()?.reshape((rows, in_dim))?
                 };
-                let y = x2.matmul(&w.t()?)?;
+                let y = if rows <= crate::matvec::MAX_ROWS
+                    && w.dtype() == DType::BF16
+                    && x2.dtype() == DType::BF16
+                    && w.device().is_cpu()
+                    && w.is_contiguous()
+                {
+                    x2.apply_op2_no_bwd(w, &crate::matvec::Bf16MatVec)?
+                } else {
+                    x2.matmul(&w.t()?)?
+                };
                 let mut out_dims = dims.to_vec();
                 if let Some(last) = out_dims.last_mut() {
                     *last = w.dim(0)?;
@@ -94,7 +103,7 @@ impl Rope {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Attention {
     qkv: Linear,
     out: Linear,
@@ -162,7 +171,7 @@ impl Attention {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Layer {
     attn_norm: Tensor,
     attn: Attention,
@@ -192,7 +201,10 @@ impl Layer {
 ///
 /// Feed the prompt in one call to [`forward`](Model::forward) at offset 0, then one token
 /// per call at the next offset; [`clear_kv_cache`](Model::clear_kv_cache) starts over.
-#[derive(Debug, Clone)]
+///
+/// Not `Clone` on purpose: the KV cache is written in place, so two clones would share and
+/// corrupt each other's cache.
+#[derive(Debug)]
 pub struct Model {
     config: Config,
     embeddings: Tensor,
@@ -363,7 +375,10 @@ impl Model {
     pub fn forward_tokens(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         let offset = self.seq_len;
         let t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        Ok(self.forward_last(&t, offset)?.squeeze(0)?.to_vec1::<f32>()?)
+        Ok(self
+            .forward_last(&t, offset)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?)
     }
 
     fn hidden(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
@@ -454,7 +469,15 @@ fn check_dtype(dtype: DType) -> Result<()> {
 fn causal_mask(s: usize, offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let t = offset + s;
     let mask: Vec<f32> = (0..s)
-        .flat_map(|i| (0..t).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..t).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (s, t), device)?.to_dtype(dtype)?)
 }
@@ -487,4 +510,37 @@ pub(crate) fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+
+    #[test]
+    fn quantized_linear_tracks_the_dense_one() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (64, 256), &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 256), &dev)?;
+        let dense = Linear::Dense(w.clone()).forward(&x)?;
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+        let quant = Linear::quantized(std::sync::Arc::new(q))?.forward(&x)?;
+        assert_eq!(quant.dims(), dense.dims());
+        let diff = (quant - &dense)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = dense.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < scale * 0.02, "q8_0 off by {diff} at scale {scale}");
+        Ok(())
+    }
+
+    #[test]
+    fn dense_linear_folds_leading_dims() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (5, 4), &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 4), &dev)?;
+        let y = Linear::Dense(w.clone()).forward(&x)?;
+        let want = x.broadcast_matmul(&w.t()?)?;
+        let diff = (y - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5);
+        Ok(())
+    }
 }

@@ -136,7 +136,7 @@ impl Checkpoint {
         for (i, path) in files.iter().enumerate() {
             let shard = Shard::open(path)?;
             for name in shard.tensors()?.names() {
-                if let Some(prev) = names.insert(name.clone(), i) {
+                if let Some(prev) = names.insert(name.to_string(), i) {
                     return Err(Error::Safetensors {
                         path: path.clone(),
                         detail: format!(
@@ -162,10 +162,13 @@ impl Checkpoint {
             return Ok(None);
         };
         let shard = &self.shards[i];
-        let view = shard.tensors()?.tensor(name).map_err(|e| Error::Safetensors {
-            path: shard.path.clone(),
-            detail: e.to_string(),
-        })?;
+        let view = shard
+            .tensors()?
+            .tensor(name)
+            .map_err(|e| Error::Safetensors {
+                path: shard.path.clone(),
+                detail: e.to_string(),
+            })?;
         let dtype = match view.dtype() {
             safetensors::Dtype::F32 => DType::F32,
             safetensors::Dtype::F16 => DType::F16,
@@ -277,7 +280,11 @@ impl Checkpoint {
             }
         };
         let t = Tensor::from_raw_buffer(view.data(), stored, view.shape(), device)?;
-        Ok(if stored == dtype { t } else { t.to_dtype(dtype)? })
+        Ok(if stored == dtype {
+            t
+        } else {
+            t.to_dtype(dtype)?
+        })
     }
 
     /// Validates against `config`, then loads every tensor the config names, reporting the

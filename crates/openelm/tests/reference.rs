@@ -1,0 +1,196 @@
+//! Every fixture checkpoint against the MLX reference logits: a full forward, and prefill
+//! followed by one token at a time through the KV cache, in f32 within 1e-4.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use elmroute_openelm::{Config, DType, Device, Tensor};
+use serde_json::Value;
+
+const TOL: f32 = 1e-4;
+
+struct Reference {
+    tokens: Vec<u32>,
+    prefill: usize,
+    full: Vec<Vec<f32>>,
+    incremental: Vec<Vec<f32>>,
+}
+
+fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(common::fixture(name).join("reference.json"))
+        .expect("reference.json");
+    let v: Value = serde_json::from_str(&text).expect("reference json");
+    let rows = |key: &str| -> Vec<Vec<f32>> {
+        v[key]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .expect("row")
+                    .iter()
+                    .map(|x| x.as_f64().expect("float") as f32)
+                    .collect()
+            })
+            .collect()
+    };
+    Reference {
+        tokens: v["tokens"]
+            .as_array()
+            .expect("tokens")
+            .iter()
+            .map(|t| t.as_u64().expect("id") as u32)
+            .collect(),
+        prefill: v["prefill"].as_u64().expect("prefill") as usize,
+        full: rows("full"),
+        incremental: rows("incremental"),
+    }
+}
+
+fn assert_close(name: &str, what: &str, got: &[Vec<f32>], want: &[Vec<f32>]) {
+    assert_eq!(got.len(), want.len(), "{name} {what}: row count");
+    let mut worst = 0f32;
+    for (pos, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.len(), w.len(), "{name} {what}: width at position {pos}");
+        for (i, (a, b)) in g.iter().zip(w).enumerate() {
+            let d = (a - b).abs();
+            worst = worst.max(d);
+            assert!(
+                d <= TOL,
+                "{name} {what}: position {pos}, logit {i}: got {a}, reference {b} (|diff| {d})"
+            );
+        }
+    }
+    eprintln!("{name} {what}: max |diff| {worst:e}");
+}
+
+fn to_rows(t: &Tensor) -> Vec<Vec<f32>> {
+    t.squeeze(0)
+        .expect("batch 1")
+        .to_vec2::<f32>()
+        .expect("f32 rows")
+}
+
+fn check(name: &str) {
+    let r = reference(name);
+    let mut model = common::model(name);
+    let dev = Device::Cpu;
+
+    let ids = Tensor::new(r.tokens.as_slice(), &dev).expect("ids");
+    let full = model.forward(&ids, 0).expect("full forward");
+    assert_close(name, "full", &to_rows(&full), &r.full);
+
+    model.clear_kv_cache();
+    let mut rows = to_rows(
+        &model
+            .forward(&Tensor::new(&r.tokens[..r.prefill], &dev).expect("ids"), 0)
+            .expect("prefill"),
+    );
+    for (pos, &t) in r.tokens.iter().enumerate().skip(r.prefill) {
+        let logits = model
+            .forward(&Tensor::new(&[t], &dev).expect("id"), pos)
+            .expect("step");
+        rows.extend(to_rows(&logits));
+    }
+    assert_close(name, "incremental", &rows, &r.incremental);
+}
+
+#[test]
+fn tiny_gqa_matches_reference() {
+    check("tiny-gqa");
+}
+
+#[test]
+fn head_dim_128_matches_reference() {
+    check("hd128");
+}
+
+#[test]
+fn bf16_checkpoint_matches_reference_in_f32() {
+    let ckpt = elmroute_openelm::Checkpoint::from_dir(common::fixture("bf16")).expect("ckpt");
+    let info = ckpt
+        .info("transformer.layers.0.attn.qkv_proj.weight")
+        .expect("header")
+        .expect("tensor");
+    assert_eq!(info.dtype, DType::BF16, "the fixture is stored in bf16");
+    check("bf16");
+}
+
+#[test]
+fn derived_lists_checkpoint_matches_reference() {
+    let cfg = Config::from_file(common::fixture("derived/config.json")).expect("config");
+    assert_eq!(cfg.num_query_heads, vec![2, 4, 4, 4]);
+    assert_eq!(cfg.num_kv_heads, vec![1, 2, 2, 2]);
+    assert_eq!(cfg.ffn_dims, vec![16, 64, 96, 128]);
+    check("derived");
+}
+
+#[test]
+fn every_fixture_is_covered() {
+    for name in common::CHECKPOINTS {
+        assert!(
+            common::fixture(name).join("reference.json").is_file(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn bf16_run_dtype_stays_close_to_reference() {
+    // Running in bf16 loses precision; the logits must still track the reference.
+    let name = "tiny-gqa";
+    let r = reference(name);
+    let dir = common::fixture(name);
+    let config = Config::from_file(dir.join("config.json")).expect("config");
+    let ckpt = elmroute_openelm::Checkpoint::from_dir(&dir).expect("ckpt");
+    let mut model =
+        elmroute_openelm::Model::load(&config, &ckpt, DType::BF16, &Device::Cpu, |_| {})
+            .expect("bf16 model");
+    let ids = Tensor::new(r.tokens.as_slice(), &Device::Cpu).expect("ids");
+    let rows = to_rows(&model.forward(&ids, 0).expect("forward"));
+    let mut agree = 0;
+    for (g, w) in rows.iter().zip(&r.full) {
+        let am = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+        };
+        if am(g) == am(w) {
+            agree += 1;
+        }
+        let worst = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 0.5, "bf16 run drifted by {worst}");
+    }
+    assert!(
+        agree * 10 >= rows.len() * 8,
+        "argmax agreed on only {agree} of {}",
+        rows.len()
+    );
+
+    // Decoding in bf16 takes the one-row kernel; it must agree with the bf16 full forward.
+    model.clear_kv_cache();
+    let mut inc = to_rows(
+        &model
+            .forward(&Tensor::new(&r.tokens[..1], &Device::Cpu).expect("ids"), 0)
+            .expect("first"),
+    );
+    for (pos, &t) in r.tokens.iter().enumerate().skip(1) {
+        let step = model
+            .forward(&Tensor::new(&[t], &Device::Cpu).expect("id"), pos)
+            .expect("step");
+        inc.extend(to_rows(&step));
+    }
+    for (pos, (a, b)) in inc.iter().zip(&rows).enumerate() {
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 0.25, "bf16 decode vs bf16 full at {pos}: {worst}");
+    }
+}
