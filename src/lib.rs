@@ -37,13 +37,24 @@ pub use elmroute_core::{
     Availability, Backend, BackendKind, Battery, ChatRequest, Chunk, ChunkStream, Completion,
     DeviceSource, DeviceState, Error, Fallback, FallbackKind, FinishReason, Message, Mode, Network,
     NoRoute, Refusal, Reply, Result, Role, Route, Rule, Scores, Sensitivity, StreamEvent, Target,
-    ThermalLevel, Timings, Usage,
+    ThermalLevel, Timings, Truncation, Usage,
 };
 pub use elmroute_device::{ManualDevice, SysfsDevice, SystemDevice, ThermalThresholds};
 pub use elmroute_router::{
     CompletionStream, ComplexityScorer, DeclaredBackend, HeuristicComplexity, Policy, PolicyError,
     PrivacyDetector, Router, RouterBuilder,
 };
+
+/// The on-device OpenELM engine (feature `local`, on by default).
+#[cfg(feature = "local")]
+pub use elmroute_openelm::{LoadOptions, OpenElm};
+
+/// Everything of the OpenELM crate: config, checkpoint, model, tokenizer, generation, and
+/// with feature `hub` the model download.
+#[cfg(feature = "local")]
+pub mod openelm {
+    pub use elmroute_openelm::*;
+}
 
 /// The routing internals, for apps that want the signals or the decision alone.
 pub mod router {

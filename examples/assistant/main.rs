@@ -10,6 +10,10 @@
 //!
 //! `--explain-jsonl FILE` reads one JSON object per line (`{"prompt": "..."}`, with optional
 //! `"max_tokens"`, `"mode"` and `"sensitivity"`) and prints one decision per line.
+//!
+//! With `--model DIR` (an OpenELM checkpoint in Hugging Face layout with a `tokenizer.json`)
+//! and no `--explain`, it answers the prompt on the device, streaming the text to stdout and
+//! the route to stderr.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -17,9 +21,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Parser;
 use elmroute::{
-    Battery, ChatRequest, DeclaredBackend, DeviceState, Mode, Network, Policy, Route, Router,
-    Sensitivity, ThermalLevel,
+    Battery, ChatRequest, DeclaredBackend, DeviceState, LoadOptions, Mode, Network, OpenElm,
+    Policy, Route, Router, Sensitivity, StreamEvent, ThermalLevel,
 };
+use futures::StreamExt;
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -58,9 +63,24 @@ struct Args {
     /// Overrides the policy's mode.
     #[arg(long, value_parser = parse_mode)]
     mode: Option<Mode>,
-    /// Context window of the on-device model, in tokens.
+    /// Context window of the on-device model, in tokens (when no --model is given).
     #[arg(long, default_value_t = 2048)]
     local_context: usize,
+    /// An OpenELM model directory (config.json, model.safetensors or shards, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// The dtype the model runs in: f32, bf16 or f16.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: elmroute::openelm::DType,
+    /// Most tokens to generate.
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Sampling temperature (0 is greedy).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Sampling seed.
+    #[arg(long)]
+    seed: Option<u64>,
     /// The prompt.
     prompt: Vec<String>,
 }
@@ -73,6 +93,18 @@ fn parse_unit(s: &str) -> Result<f32, String> {
         Ok(v)
     } else {
         Err(format!("expected a number from 0 to 1, found {v}"))
+    }
+}
+
+fn parse_dtype(s: &str) -> Result<elmroute::openelm::DType, String> {
+    use elmroute::openelm::DType;
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        other => Err(format!(
+            "unknown dtype `{other}`: expected f32, bf16 or f16"
+        )),
     }
 }
 
@@ -118,17 +150,29 @@ fn explain_json(route: &Route) -> anyhow::Result<String> {
     Ok(serde_json::to_string(route)?)
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let policy = Policy::from_file(&args.policy)?;
-    // Declared backends: the decision needs to know what the device and the cloud could
-    // do, not to run them, so explain works with no model and no network.
-    let router = Router::builder()
-        .policy(policy)
-        .local(DeclaredBackend::local("openelm", args.local_context))
-        .remote(DeclaredBackend::remote("cloud"))
-        .device(device(&args))
-        .build()?;
+    // Without a model, declared backends: the decision needs to know what the device and the
+    // cloud could do, not to run them, so explain works with no model and no network.
+    let mut builder = Router::builder().policy(policy).device(device(&args));
+    let generating = args.model.is_some() && !args.explain && args.explain_jsonl.is_none();
+    match &args.model {
+        Some(dir) => {
+            eprintln!("loading {} ...", dir.display());
+            let started = std::time::Instant::now();
+            let engine = OpenElm::from_dir(dir, LoadOptions::default().with_dtype(args.dtype))
+                .with_context(|| format!("cannot load the model in {}", dir.display()))?;
+            eprintln!("loaded in {:.1} s", started.elapsed().as_secs_f32());
+            builder = builder.local(engine);
+        }
+        None => builder = builder.local(DeclaredBackend::local("openelm", args.local_context)),
+    }
+    if !generating {
+        builder = builder.remote(DeclaredBackend::remote("cloud"));
+    }
+    let router = builder.build()?;
 
     if let Some(path) = &args.explain_jsonl {
         let file =
@@ -183,13 +227,46 @@ fn main() -> anyhow::Result<()> {
     }
     let mut request = ChatRequest::user(prompt);
     request.mode = args.mode;
-    let route = router.decide(&request)?;
+    request.max_tokens = args.max_tokens;
+    request.temperature = args.temperature;
+    request.seed = args.seed;
     if args.explain {
+        let route = router.decide(&request)?;
         println!("{}", explain_json(&route)?);
         return Ok(());
     }
-    println!("{}", route.explain());
-    bail!(
-        "this build only routes: generation arrives with a local model (OpenELM) or a cloud provider; use --explain for the JSON decision"
-    )
+    if !generating {
+        let route = router.decide(&request)?;
+        println!("{}", route.explain());
+        bail!(
+            "nothing can answer: give --model DIR to answer on the device (no cloud provider is wired into this build yet), or --explain for the JSON decision"
+        );
+    }
+    let mut stream = router.stream(request).await?;
+    let stdout = std::io::stdout();
+    while let Some(event) = stream.next().await {
+        match event? {
+            StreamEvent::Delta(text) => {
+                let mut out = stdout.lock();
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+            }
+            StreamEvent::Done {
+                usage,
+                finish_reason,
+                route,
+                ..
+            } => {
+                println!();
+                eprintln!(
+                    "[{} tokens in, {} out, {:?}; {}]",
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    finish_reason,
+                    route.explain()
+                );
+            }
+        }
+    }
+    Ok(())
 }

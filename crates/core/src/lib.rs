@@ -29,5 +29,5 @@ pub use backend::{Availability, Backend, BackendKind, ChunkStream};
 pub use completion::{Chunk, Completion, FinishReason, Reply, StreamEvent, Usage};
 pub use device::{Battery, DeviceSource, DeviceState, Network, ThermalLevel};
 pub use error::{Error, Result};
-pub use request::{ChatRequest, Message, Mode, Role, Sensitivity};
+pub use request::{ChatRequest, Message, Mode, Role, Sensitivity, Truncation};
 pub use route::{Fallback, FallbackKind, NoRoute, Refusal, Route, Rule, Scores, Target, Timings};

@@ -121,6 +121,18 @@ pub enum Sensitivity {
     Confidential,
 }
 
+/// What a backend does with a prompt longer than its context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Refuse with a typed context-overflow error (the router sends such requests to a
+    /// backend with room, where one is allowed).
+    #[default]
+    Error,
+    /// Drop the oldest prompt tokens (after the start token) until prompt and answer fit.
+    Left,
+}
+
 /// A chat completion request, the same for every backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ChatRequest {
@@ -132,6 +144,13 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     /// Nucleus sampling mass.
     pub top_p: Option<f32>,
+    /// Sample only from the `k` most likely tokens (on-device models; providers that accept
+    /// it).
+    pub top_k: Option<u32>,
+    /// Penalty for repeating recent tokens; `1.0` is off (on-device models).
+    pub repeat_penalty: Option<f32>,
+    /// What to do when the prompt does not fit a backend's context.
+    pub truncation: Truncation,
     /// Strings that end the answer when generated (not included in the text).
     pub stop: Vec<String>,
     /// Seed for reproducible sampling where the backend supports it.
@@ -181,6 +200,27 @@ impl ChatRequest {
     #[must_use]
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
+        self
+    }
+
+    /// Sets top-k sampling.
+    #[must_use]
+    pub fn with_top_k(mut self, k: u32) -> Self {
+        self.top_k = Some(k);
+        self
+    }
+
+    /// Sets the repeat penalty.
+    #[must_use]
+    pub fn with_repeat_penalty(mut self, penalty: f32) -> Self {
+        self.repeat_penalty = Some(penalty);
+        self
+    }
+
+    /// Sets what happens when the prompt does not fit a backend's context.
+    #[must_use]
+    pub fn with_truncation(mut self, truncation: Truncation) -> Self {
+        self.truncation = truncation;
         self
     }
 

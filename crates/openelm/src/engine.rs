@@ -433,7 +433,15 @@ impl OpenElm {
         let text = self.opts.chat_template.render(&request.messages);
         let prompt = tokenizer.encode(&text, true)?;
         let mut cfg = self.opts.defaults.clone();
-        cfg.truncate_left = cfg.truncate_left || self.opts.truncate_left;
+        cfg.truncate_left = cfg.truncate_left
+            || self.opts.truncate_left
+            || request.truncation == elmroute_core::Truncation::Left;
+        if let Some(k) = request.top_k {
+            cfg.top_k = Some(k as usize);
+        }
+        if let Some(penalty) = request.repeat_penalty {
+            cfg.repeat_penalty = penalty;
+        }
         if let Some(t) = request.temperature {
             cfg.temperature = t;
         }

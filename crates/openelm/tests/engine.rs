@@ -211,6 +211,36 @@ async fn context_overflow_is_typed_and_left_truncation_serves_it() {
     );
     let reply = lenient.complete(&req).await.expect("truncated");
     assert_eq!(reply.usage.prompt_tokens, 128 - 40);
+
+    // The request itself may ask for left truncation, on an engine that does not default to it.
+    let per_request = req.clone().with_truncation(elmroute_core::Truncation::Left);
+    let reply = strict
+        .complete(&per_request)
+        .await
+        .expect("truncated per request");
+    assert_eq!(reply.usage.prompt_tokens, 128 - 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_top_k_one_is_greedy_whatever_the_temperature() {
+    let engine = common::engine(common::model("tiny-gqa"), greedy_opts());
+    let greedy = engine
+        .complete(
+            &ChatRequest::user("the router")
+                .with_max_tokens(12)
+                .with_temperature(0.0),
+        )
+        .await
+        .expect("greedy");
+    for seed in [1u64, 2, 3] {
+        let req = ChatRequest::user("the router")
+            .with_max_tokens(12)
+            .with_temperature(1.5)
+            .with_top_k(1)
+            .with_seed(seed);
+        let reply = engine.complete(&req).await.expect("top-k 1");
+        assert_eq!(reply.text, greedy.text, "seed {seed}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

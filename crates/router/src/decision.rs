@@ -22,6 +22,8 @@ pub struct LocalView {
     pub context_window: Option<usize>,
     /// Tokens the request needs there (prompt estimate plus the answer budget).
     pub needed_tokens: usize,
+    /// Whether the request lets the backend drop old prompt tokens to fit.
+    pub truncation_allowed: bool,
 }
 
 /// What the router knows about its remote backend at decision time.
@@ -227,7 +229,10 @@ pub fn decide(policy: &Policy, inputs: &Inputs) -> Decision {
                     Rule::LocalNotReady,
                     format!("the local model is not ready: {}", l.not_ready_reason),
                 );
-            } else if let Some(ctx) = l.context_window.filter(|&c| l.needed_tokens > c) {
+            } else if let Some(ctx) = l
+                .context_window
+                .filter(|&c| l.needed_tokens > c && !l.truncation_allowed)
+            {
                 rules.push(Rule::ContextTooLong);
                 refuse(
                     &mut refusals,

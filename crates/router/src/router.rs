@@ -254,6 +254,7 @@ impl Router {
                 not_ready_reason: format!("{availability:?}"),
                 context_window: b.context_window(),
                 needed_tokens: prompt.saturating_add(answer),
+                truncation_allowed: request.truncation == elmroute_core::Truncation::Left,
             }
         });
         let remote = inner.remote.as_ref().map(|b| {
@@ -684,6 +685,16 @@ fn validate(request: &ChatRequest) -> Result<()> {
     {
         return Err(Error::invalid_request(format!(
             "top_p must be in (0, 1], found {p}"
+        )));
+    }
+    if request.top_k == Some(0) {
+        return Err(Error::invalid_request("top_k must be at least 1"));
+    }
+    if let Some(r) = request.repeat_penalty
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err(Error::invalid_request(format!(
+            "repeat_penalty must be a finite number > 0, found {r}"
         )));
     }
     if request.max_tokens == Some(0) {

@@ -197,6 +197,13 @@ async fn context_too_long_for_local_goes_to_cloud() {
         .unwrap();
     assert_eq!(c.route.target, Target::Cloud);
     assert!(c.route.fired(elmroute_core::Rule::ContextTooLong));
+    // A request that allows left truncation may stay on the device.
+    let req = ChatRequest::user("word ".repeat(3000))
+        .with_mode(Mode::PreferLocal)
+        .with_truncation(elmroute_core::Truncation::Left);
+    let c = case.router.complete(req).await.unwrap();
+    assert_eq!(c.route.target, Target::Local);
+    assert!(c.route.scores.capability >= 1.0);
 }
 
 #[tokio::test]

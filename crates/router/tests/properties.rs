@@ -46,7 +46,8 @@ prop_compose! {
         Inputs {
             mode, complexity, privacy, privacy_residual: residual.min(privacy), redactable, device,
             local: Some(LocalView { ready: local_ready, not_ready_reason: "loading".into(),
-                                    context_window: Some(2048), needed_tokens: needed }),
+                                    context_window: Some(2048), needed_tokens: needed,
+                                    truncation_allowed: false }),
             remote: Some(RemoteView { ready: remote_ready && !cooling, cooling_down: cooling,
                                       not_ready_reason: "down".into() }),
         }
