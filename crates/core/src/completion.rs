@@ -51,7 +51,7 @@ pub struct Reply {
 /// One item of a backend's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Chunk {
-    /// More answer text. Always whole UTF-8; may be empty never.
+    /// More answer text: whole UTF-8 characters, never empty.
     Text(String),
     /// The answer is complete. Nothing follows it.
     Done {
@@ -69,7 +69,8 @@ pub enum Chunk {
 pub struct Completion {
     /// The answer text, with any redacted spans restored.
     pub text: String,
-    /// Token counts, added up over every backend that contributed.
+    /// Token counts, added up over every backend that finished its part (a stream that
+    /// broke before reporting usage adds nothing).
     pub usage: Usage,
     /// Why generation stopped.
     pub finish_reason: FinishReason,

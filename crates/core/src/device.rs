@@ -56,7 +56,8 @@ impl std::str::FromStr for ThermalLevel {
 /// The battery, when the device has one.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Battery {
-    /// Charge, 0.0 (empty) to 1.0 (full).
+    /// Charge, 0.0 (empty) to 1.0 (full). A value above 1 and up to 100 is read as a
+    /// percentage.
     pub level: f32,
     /// Whether it is connected to power.
     pub charging: bool,

@@ -85,7 +85,7 @@ pub enum Rule {
     RemoteUnavailable,
     /// Thermal level critical: the local model is refused.
     ThermalCritical,
-    /// Thermal level at or above the policy's `prefer_cloud_at`.
+    /// Thermal level serious or above: heat pushes toward the cloud.
     ThermalHot,
     /// Battery at or below the policy's critical level and not charging.
     BatteryCritical,
@@ -111,6 +111,8 @@ pub enum Rule {
     ModePreferCloud,
     /// `auto` decided by the weighted score.
     Scored,
+    /// The request asked for another mode and the policy does not allow overrides.
+    ModeOverrideRefused,
     /// The preferred backend was out of reach and the policy allowed the other one.
     FallbackAllowed,
     /// The preferred backend was out of reach and the policy forbids falling back.
@@ -142,6 +144,7 @@ impl Rule {
             Rule::ModePreferLocal => "mode_prefer_local",
             Rule::ModePreferCloud => "mode_prefer_cloud",
             Rule::Scored => "scored",
+            Rule::ModeOverrideRefused => "mode_override_refused",
             Rule::FallbackAllowed => "fallback_allowed",
             Rule::FallbackForbidden => "fallback_forbidden",
         }

@@ -33,15 +33,18 @@ impl Default for ThermalThresholds {
 /// a fake tree. Missing or unreadable files are not errors: a desktop has no battery, a VM
 /// has no thermal zones. Such parts read as mains power, nominal heat and online.
 ///
-/// - Battery: `class/power_supply/*` with `type` = `Battery`: `capacity` (percent) and
-///   `status`; charging when the status is `Charging` or `Full`, or a `Mains`/`USB` supply
-///   reports `online` = 1.
+/// - Battery: `class/power_supply/*` with `type` = `Battery`, except peripherals (`scope` =
+///   `Device`); several system batteries are combined by energy (`energy_*`/`charge_*`) or
+///   their `capacity` percentages; charging when a status is `Charging` or `Full`, or a
+///   `Mains`/`USB` supply reports `online` = 1.
 /// - Low power: `firmware/acpi/platform_profile` = `low-power`.
 /// - Thermal: the hottest `class/thermal/thermal_zone*`. A zone's `critical` trip point
 ///   (minus 5 °C) marks critical, `hot` marks serious and `passive` marks fair; zones without
 ///   trip points use [`ThermalThresholds`].
-/// - Network: `class/net/*/operstate`: online when any interface but loopback is `up`
-///   (metered when the only ones up are `wwan*`), offline when none is.
+/// - Network: `class/net/*/operstate` of hardware interfaces (those with a `device` link, so
+///   not bridges, veths or tunnels): online when one is `up`, metered when the only ones up
+///   are cellular or tethered (`wwan*`, `rmnet*`, `ccmni*`, `usb*`, `enx*`), offline when
+///   none is.
 ///
 /// Reads are cached for a short while (one second by default) because the router asks on
 /// every request.
@@ -128,22 +131,39 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The first battery, and whether any external supply is online.
+/// The system battery (several are combined, weighted by capacity when the kernel reports
+/// energy or charge), and whether any external supply is online. Peripheral batteries
+/// (`scope` = `Device`: mice, headsets) are ignored.
 fn read_power(dir: &Path) -> (Option<Battery>, bool) {
-    let mut battery = None;
+    let mut now_total = 0.0f64;
+    let mut full_total = 0.0f64;
+    let mut percents: Vec<f64> = Vec::new();
+    let mut charging = false;
     let mut mains = false;
     for supply in entries(dir) {
         match read_trimmed(&supply.join("type")).as_deref() {
-            Some("Battery") if battery.is_none() => {
-                // Some batteries (peripherals) report no capacity; skip them.
+            Some("Battery") => {
+                if read_trimmed(&supply.join("scope")).as_deref() == Some("Device") {
+                    continue;
+                }
+                // Batteries without a capacity (some peripherals without a scope) are skipped.
                 let Some(capacity) = read_number(&supply.join("capacity")) else {
                     continue;
                 };
                 let status = read_trimmed(&supply.join("status")).unwrap_or_default();
-                battery = Some(Battery {
-                    level: (capacity / 100.0).clamp(0.0, 1.0) as f32,
-                    charging: matches!(status.as_str(), "Charging" | "Full"),
-                });
+                charging |= matches!(status.as_str(), "Charging" | "Full");
+                let pair = |now: &str, full: &str| {
+                    read_number(&supply.join(now)).zip(read_number(&supply.join(full)))
+                };
+                match pair("energy_now", "energy_full")
+                    .or_else(|| pair("charge_now", "charge_full"))
+                {
+                    Some((now, full)) if full > 0.0 => {
+                        now_total += now.max(0.0);
+                        full_total += full;
+                    }
+                    _ => percents.push(capacity),
+                }
             }
             Some("Mains") | Some("USB") | Some("USB_PD") | Some("USB_C") => {
                 mains |= read_number(&supply.join("online")).is_some_and(|v| v >= 1.0);
@@ -151,6 +171,23 @@ fn read_power(dir: &Path) -> (Option<Battery>, bool) {
             _ => {}
         }
     }
+    let level = if full_total > 0.0 && percents.is_empty() {
+        Some(now_total / full_total)
+    } else if !percents.is_empty() {
+        // Mixed or percent-only reports: average the percentages, counting energy-reporting
+        // batteries by their own percentage.
+        let mut all = percents.clone();
+        if full_total > 0.0 {
+            all.push(now_total / full_total * 100.0);
+        }
+        Some(all.iter().sum::<f64>() / all.len() as f64 / 100.0)
+    } else {
+        None
+    };
+    let battery = level.map(|l| Battery {
+        level: l.clamp(0.0, 1.0) as f32,
+        charging,
+    });
     (battery, mains)
 }
 
@@ -233,16 +270,22 @@ fn read_network(dir: &Path) -> Network {
         else {
             continue;
         };
-        if name == "lo" {
+        // Only hardware links reach the internet by themselves: bridges, veths, docker0,
+        // VPN tunnels and loopback have no `device` link and would otherwise read as online.
+        if name == "lo" || !iface.join("device").exists() {
             continue;
         }
         let state = read_trimmed(&iface.join("operstate")).unwrap_or_default();
-        // Virtual links without carrier detection report `unknown` while working.
+        // Some drivers report `unknown` while working; trust the carrier then.
         let up = state == "up"
             || (state == "unknown" && read_number(&iface.join("carrier")) == Some(1.0));
         if up {
             any_up = true;
-            if !name.starts_with("wwan") {
+            // Cellular modems and phone tethering cost the user per byte.
+            let cellular = ["wwan", "rmnet", "ccmni", "usb", "enx"]
+                .iter()
+                .any(|p| name.starts_with(p));
+            if !cellular {
                 unmetered_up = true;
             }
         }

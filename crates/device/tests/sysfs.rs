@@ -31,7 +31,17 @@ fn laptop(root: &Path, capacity: u32, status: &str, ac_online: u8) {
         &format!("{ac_online}\n"),
     );
     write(root, "sys/class/net/lo/operstate", "unknown\n");
-    write(root, "sys/class/net/wlan0/operstate", "up\n");
+    nic(root, "wlan0", "up");
+}
+
+/// A hardware network interface (it has a `device` link).
+fn nic(root: &Path, name: &str, state: &str) {
+    write(
+        root,
+        &format!("sys/class/net/{name}/operstate"),
+        &format!("{state}\n"),
+    );
+    fs::create_dir_all(root.join(format!("sys/class/net/{name}/device"))).unwrap();
 }
 
 fn reader(root: &Path) -> SysfsDevice {
@@ -129,12 +139,81 @@ fn network_offline_when_only_loopback_is_up_and_metered_on_wwan() {
     let dir = tempfile::tempdir().unwrap();
     let r = dir.path();
     write(r, "sys/class/net/lo/operstate", "unknown\n");
-    write(r, "sys/class/net/eth0/operstate", "down\n");
+    nic(r, "eth0", "down");
     assert_eq!(reader(r).state().network, Network::Offline);
-    write(r, "sys/class/net/wwan0/operstate", "up\n");
+    nic(r, "wwan0", "up");
     assert_eq!(reader(r).state().network, Network::Metered);
-    write(r, "sys/class/net/eth0/operstate", "up\n");
+    nic(r, "eth0", "up");
     assert_eq!(reader(r).state().network, Network::Online);
+}
+
+#[test]
+fn virtual_interfaces_do_not_count_as_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    nic(r, "wlp2s0", "down");
+    for virt in ["docker0", "veth12ab", "virbr0", "wg0", "tun0"] {
+        write(r, &format!("sys/class/net/{virt}/operstate"), "up\n");
+    }
+    assert_eq!(reader(r).state().network, Network::Offline);
+}
+
+#[test]
+fn peripheral_batteries_are_ignored_and_system_batteries_combined() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    // A mouse at 5 % must not make a desktop look critical.
+    write(
+        r,
+        "sys/class/power_supply/hidpp_battery_0/type",
+        "Battery\n",
+    );
+    write(
+        r,
+        "sys/class/power_supply/hidpp_battery_0/scope",
+        "Device\n",
+    );
+    write(r, "sys/class/power_supply/hidpp_battery_0/capacity", "5\n");
+    write(
+        r,
+        "sys/class/power_supply/hidpp_battery_0/status",
+        "Discharging\n",
+    );
+    assert_eq!(reader(r).state().battery, None);
+    // Two laptop batteries: 20 Wh of 20 and 4 Wh of 40 -> 24 of 60 = 40 %.
+    for (name, now, full) in [
+        ("BAT0", 20_000_000, 20_000_000),
+        ("BAT1", 4_000_000, 40_000_000),
+    ] {
+        write(
+            r,
+            &format!("sys/class/power_supply/{name}/type"),
+            "Battery\n",
+        );
+        write(
+            r,
+            &format!("sys/class/power_supply/{name}/capacity"),
+            &format!("{}\n", now * 100 / full),
+        );
+        write(
+            r,
+            &format!("sys/class/power_supply/{name}/status"),
+            "Discharging\n",
+        );
+        write(
+            r,
+            &format!("sys/class/power_supply/{name}/energy_now"),
+            &format!("{now}\n"),
+        );
+        write(
+            r,
+            &format!("sys/class/power_supply/{name}/energy_full"),
+            &format!("{full}\n"),
+        );
+    }
+    let b = reader(r).state().battery.unwrap();
+    assert!((b.level - 0.4).abs() < 1e-6, "{}", b.level);
+    assert!(!b.charging);
 }
 
 #[test]

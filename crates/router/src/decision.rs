@@ -90,8 +90,11 @@ pub fn decide(policy: &Policy, inputs: &Inputs) -> Decision {
     let cooling = inputs.remote.as_ref().is_some_and(|r| r.cooling_down);
 
     // Signals.
-    let complexity = inputs.complexity.clamp(0.0, 1.0);
-    let privacy = inputs.privacy.clamp(0.0, 1.0);
+    // A custom scorer may return anything: NaN counts as 0 for complexity (no reason to
+    // leave the device) and as 1 for privacy (no reason to trust it).
+    let unit = |v: f32, nan: f32| if v.is_nan() { nan } else { v.clamp(0.0, 1.0) };
+    let complexity = unit(inputs.complexity, 0.0);
+    let privacy = unit(inputs.privacy, 1.0);
     let battery = device::battery(dev, policy);
     let thermal = device::thermal(dev, policy);
     let network = device::network(dev, policy, cooling);
@@ -110,7 +113,7 @@ pub fn decide(policy: &Policy, inputs: &Inputs) -> Decision {
     // When the cloud would get a redacted request, what counts against it is what remains.
     let redactable = privacy >= policy.privacy.redact_above.get() && inputs.redactable > 0;
     let privacy_cost = if redactable {
-        inputs.privacy_residual.clamp(0.0, privacy)
+        unit(inputs.privacy_residual, privacy).min(privacy)
     } else {
         privacy
     };
@@ -280,7 +283,9 @@ pub fn decide(policy: &Policy, inputs: &Inputs) -> Decision {
             }
         }
         Mode::PreferCloud => {
-            rules.push(Rule::ModePreferCloud);
+            if cloud_ok {
+                rules.push(Rule::ModePreferCloud);
+            }
             Target::Cloud
         }
         Mode::Auto => {

@@ -4,6 +4,7 @@
 //!
 //! ```toml
 //! mode = "auto"          # auto | prefer_local | local_only | prefer_cloud | cloud_only
+//! allow_mode_override = true   # may a request set its own mode?
 //! threshold = 0.45       # auto: the cloud when the weighted score reaches this
 //!
 //! [weights]              # each >= 0; cloud-pushing minus device-pushing signals
@@ -255,6 +256,10 @@ impl Default for FallbackPolicy {
 pub struct Policy {
     /// The routing mode. Default `auto`.
     pub mode: Mode,
+    /// Whether a request may set its own mode (`ChatRequest::mode`). Default true; a policy
+    /// that promises never to touch the network sets it false. Privacy, offline and thermal
+    /// rules apply whatever the mode.
+    pub allow_mode_override: bool,
     /// `auto` picks the cloud when the weighted score reaches this. Default 0.45; any finite
     /// number from -10 to 10.
     pub threshold: Threshold,
@@ -304,6 +309,7 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             mode: Mode::Auto,
+            allow_mode_override: true,
             threshold: Threshold(0.45),
             weights: Weights::default(),
             privacy: PrivacyPolicy::default(),
@@ -341,6 +347,22 @@ pub enum PolicyError {
         /// What was wrong and what was expected.
         message: String,
     },
+    /// A policy built in code breaks a rule across keys.
+    #[error("policy key `{key}`: {message}")]
+    Inconsistent {
+        /// The dotted key at fault.
+        key: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// A rule across keys that a policy breaks.
+struct Violation {
+    table: &'static str,
+    key: &'static str,
+    partner: &'static str,
+    message: String,
 }
 
 impl PolicyError {
@@ -348,6 +370,7 @@ impl PolicyError {
     pub fn key(&self) -> Option<&str> {
         match self {
             PolicyError::Invalid { key, .. } => key.as_deref(),
+            PolicyError::Inconsistent { key, .. } => Some(key),
             PolicyError::Io { .. } => None,
         }
     }
@@ -356,7 +379,7 @@ impl PolicyError {
     pub fn line(&self) -> Option<usize> {
         match self {
             PolicyError::Invalid { line, .. } => Some(*line),
-            PolicyError::Io { .. } => None,
+            PolicyError::Io { .. } | PolicyError::Inconsistent { .. } => None,
         }
     }
 }
@@ -387,58 +410,73 @@ impl Policy {
                 message,
             }
         })?;
-        policy.validate(text, origin)?;
+        policy.check_in(text, origin)?;
         Ok(policy)
     }
 
-    /// Checks the rules that span several keys.
-    fn validate(&self, text: &str, origin: &str) -> Result<(), PolicyError> {
-        let fail = |table: &str, key: &str, message: String| {
-            let (line, column) = locate_key(text, table, key).unwrap_or((1, 1));
-            Err(PolicyError::Invalid {
-                file: origin.to_string(),
-                line,
-                column,
-                key: Some(format!("{table}.{key}")),
+    /// Checks the rules that span several keys, for a policy built or changed in code
+    /// (files are checked as they are read). [`RouterBuilder::build`](crate::RouterBuilder)
+    /// calls it.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        match self.violation() {
+            None => Ok(()),
+            Some(v) => Err(PolicyError::Inconsistent {
+                key: format!("{}.{}", v.table, v.key),
+                message: v.message,
+            }),
+        }
+    }
+
+    /// The first rule across keys that the policy breaks.
+    fn violation(&self) -> Option<Violation> {
+        let v = |table, key, partner, message| {
+            Some(Violation {
+                table,
+                key,
+                partner,
                 message,
             })
         };
         if self.privacy.redact_above > self.privacy.bar {
-            return fail(
+            return v(
                 "privacy",
                 "redact_above",
+                "bar",
                 format!(
-                    "must not exceed privacy.bar ({}), found {}",
-                    self.privacy.bar.get(),
-                    self.privacy.redact_above.get()
+                    "privacy.redact_above ({}) must not exceed privacy.bar ({})",
+                    self.privacy.redact_above.get(),
+                    self.privacy.bar.get()
                 ),
             );
         }
         if self.battery.critical > self.battery.low {
-            return fail(
+            return v(
                 "battery",
                 "critical",
+                "low",
                 format!(
-                    "must not exceed battery.low ({}), found {}",
-                    self.battery.low.get(),
-                    self.battery.critical.get()
+                    "battery.critical ({}) must not exceed battery.low ({})",
+                    self.battery.critical.get(),
+                    self.battery.low.get()
                 ),
             );
         }
         if self.thermal.fair > self.thermal.serious {
-            return fail(
+            return v(
                 "thermal",
                 "fair",
+                "serious",
                 format!(
-                    "must not exceed thermal.serious ({}), found {}",
-                    self.thermal.serious.get(),
-                    self.thermal.fair.get()
+                    "thermal.fair ({}) must not exceed thermal.serious ({})",
+                    self.thermal.fair.get(),
+                    self.thermal.serious.get()
                 ),
             );
         }
         if !(1..=3600).contains(&self.network.cooldown_secs) {
-            return fail(
+            return v(
                 "network",
+                "cooldown_secs",
                 "cooldown_secs",
                 format!(
                     "expected whole seconds from 1 to 3600, found {}",
@@ -447,8 +485,9 @@ impl Policy {
             );
         }
         if self.thermal.local_forbidden_at < ThermalLevel::Serious {
-            return fail(
+            return v(
                 "thermal",
+                "local_forbidden_at",
                 "local_forbidden_at",
                 format!(
                     "expected \"serious\" or \"critical\", found \"{}\"",
@@ -456,7 +495,30 @@ impl Policy {
                 ),
             );
         }
-        Ok(())
+        None
+    }
+
+    /// [`violation`](Self::violation) located in the file's text: at the key when the file
+    /// sets it, else at its partner (the file set that one and the default of the other
+    /// does not fit it).
+    fn check_in(&self, text: &str, origin: &str) -> Result<(), PolicyError> {
+        let Some(v) = self.violation() else {
+            return Ok(());
+        };
+        let (key, (line, column)) = match locate_key(text, v.table, v.key) {
+            Some(at) => (v.key, at),
+            None => match locate_key(text, v.table, v.partner) {
+                Some(at) => (v.partner, at),
+                None => (v.key, (1, 1)),
+            },
+        };
+        Err(PolicyError::Invalid {
+            file: origin.to_string(),
+            line,
+            column,
+            key: Some(format!("{}.{key}", v.table)),
+            message: v.message,
+        })
     }
 
     /// The policy as TOML.
@@ -479,8 +541,61 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// The dotted key whose line holds `offset`: the table header above it plus the key before
-/// `=` on that line. For unknown-field errors the key is in the message.
+/// The name of a `[table]` header line (comments and spaces allowed), or `None`.
+fn header(line: &str) -> Option<String> {
+    let line = line.trim();
+    if !line.starts_with('[') || line.starts_with("[[") {
+        return None;
+    }
+    let inner = line.get(1..)?;
+    let end = inner.find(']')?;
+    Some(inner.get(..end)?.trim().replace([' ', '"'], ""))
+}
+
+/// The keys open at `col` on `line`: every `key =` whose inline table `{` is still open,
+/// then the last `key =` before `col`. `a = { b = { c = 1 } }` at `1` gives `a.b.c`.
+fn keys_before(line: &str, col: usize) -> Vec<String> {
+    let prefix = line.get(..col.min(line.len())).unwrap_or(line);
+    let mut stack: Vec<String> = Vec::new();
+    let mut last: Option<String> = None;
+    let mut word = String::new();
+    let mut in_string = false;
+    for c in prefix.chars() {
+        match c {
+            '"' => in_string = !in_string,
+            _ if in_string => {}
+            '=' => {
+                let k = word.trim().trim_matches('"').to_string();
+                if !k.is_empty() {
+                    last = Some(k);
+                }
+                word.clear();
+            }
+            '{' => {
+                if let Some(k) = last.take() {
+                    stack.push(k);
+                }
+                word.clear();
+            }
+            '}' => {
+                stack.pop();
+                last = None;
+                word.clear();
+            }
+            ',' => {
+                last = None;
+                word.clear();
+            }
+            '#' => break,
+            _ => word.push(c),
+        }
+    }
+    stack.extend(last);
+    stack
+}
+
+/// The dotted key at `offset`: the table header above it plus the keys open on its line.
+/// For unknown-field errors whose span misses the key, the key is taken from the message.
 fn key_at(text: &str, offset: usize, message: &str) -> Option<String> {
     let offset = offset.min(text.len());
     let line_start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
@@ -488,59 +603,60 @@ fn key_at(text: &str, offset: usize, message: &str) -> Option<String> {
         .get(offset..)?
         .find('\n')
         .map_or(text.len(), |i| offset + i);
-    let line = text.get(line_start..line_end)?.trim();
-    let table = text
-        .get(..line_start)?
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('[') && !l.starts_with("[["))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-    let key = if line.starts_with('[') {
+    let line = text.get(line_start..line_end)?;
+    if let Some(h) = header(line) {
         // The error is about the table header itself.
-        Some(
-            line.trim_matches(|c| c == '[' || c == ']')
-                .trim()
-                .to_string(),
-        )
-    } else if let Some((k, _)) = line.split_once('=') {
-        let k = k.trim().trim_matches('"').to_string();
-        Some(match &table {
-            Some(t) if !k.is_empty() => format!("{t}.{k}"),
-            _ => k,
-        })
-    } else {
-        None
-    };
-    key.filter(|k| !k.is_empty()).or_else(|| {
-        // "unknown field `x`" when the span is not on a key line.
-        let start = message.find('`')? + 1;
-        let end = start + message.get(start..)?.find('`')?;
-        message.get(start..end).map(str::to_string)
+        return Some(h);
+    }
+    let table = text.get(..line_start)?.lines().rev().find_map(header);
+    // The span may start at the key itself; include the key's whole text.
+    let col = (offset - line_start).max(line.find('=').map_or(0, |i| i + 1));
+    let mut keys = keys_before(line, col.max(offset - line_start));
+    let quoted = message.find('`').and_then(|s| {
+        let rest = message.get(s + 1..)?;
+        rest.find('`').and_then(|e| rest.get(..e))
+    });
+    // "unknown field `x`" names the key even when the span sits before it.
+    if let Some(field) = quoted.filter(|_| message.starts_with("unknown field"))
+        && keys.last().map(String::as_str) != Some(field)
+    {
+        keys.push(field.to_string());
+    }
+    let key = keys.join(".");
+    if key.is_empty() {
+        return None;
+    }
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key,
     })
 }
 
-/// Where `key` is set in `[table]` (or as `table.key`), 1-based.
+/// Where `key` is set in `[table]` (or as `table.key`, or inside `table = { ... }`), 1-based.
 fn locate_key(text: &str, table: &str, key: &str) -> Option<(usize, usize)> {
     let mut current = String::new();
     for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.starts_with('[') {
-            current = line
-                .trim_matches(|c| c == '[' || c == ']')
-                .trim()
-                .to_string();
+        if let Some(h) = header(raw) {
+            current = h;
             continue;
         }
-        let Some((k, _)) = line.split_once('=') else {
+        let line = raw.split('#').next().unwrap_or("");
+        let indent = raw.len() - raw.trim_start().len();
+        let Some((k, rest)) = line.split_once('=') else {
             continue;
         };
-        let k = k.trim();
-        let hit =
-            (current == table && k == key) || (current.is_empty() && k == format!("{table}.{key}"));
-        if hit {
-            let column = raw.len() - raw.trim_start().len() + 1;
-            return Some((i + 1, column));
+        let k = k.trim().replace([' ', '"'], "");
+        if (current == table && k == key) || (current.is_empty() && k == format!("{table}.{key}")) {
+            return Some((i + 1, indent + 1));
+        }
+        // An inline table: `battery = { low = 0.2, critical = 0.1 }`.
+        if current.is_empty() && k == table {
+            let needle_at = rest
+                .find(&format!("{key} "))
+                .or_else(|| rest.find(&format!("{key}=")));
+            if let Some(at) = needle_at {
+                return Some((i + 1, line.len() - rest.len() + at + 1));
+            }
         }
     }
     None

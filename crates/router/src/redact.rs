@@ -2,14 +2,18 @@
 //!
 //! Each redactable finding is replaced by a placeholder such as `[EMAIL_1]`; the same value
 //! always gets the same placeholder, so the provider can still refer to "the address" and we
-//! put the real one back in its answer. Originals never leave the [`Restorer`], and its
-//! `Debug` shows only how many it holds.
+//! put the real one back in its answer. Placeholders never collide with text the request
+//! already contains. Restoration is forgiving about what models do to placeholders
+//! (`[email_1]`, `[EMAIL 1]`, a bare `EMAIL_1`). Originals never leave the [`Restorer`], and
+//! its `Debug` shows only how many it holds.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use elmroute_core::ChatRequest;
+use regex::Regex;
 
-use crate::signals::privacy::Finding;
+use crate::signals::privacy::{Finding, PiiKind};
 
 /// A request with its private spans replaced.
 #[derive(Debug)]
@@ -23,107 +27,134 @@ pub struct Redacted {
 /// Maps placeholders back to the original text.
 #[derive(Clone, Default)]
 pub struct Restorer {
-    pairs: Vec<(String, String)>,
+    /// (LABEL, number) -> original.
+    originals: HashMap<(String, u32), String>,
     pending: String,
 }
 
 impl std::fmt::Debug for Restorer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Restorer")
-            .field("placeholders", &self.pairs.len())
+            .field("placeholders", &self.originals.len())
             .finish()
     }
 }
+
+const LABELS: &str = "SECRET|CARD|IBAN|ID|EMAIL|PHONE|ADDRESS|IP";
+
+/// `[LABEL_n]` and the forms models turn it into: any case, a space for the underscore, or
+/// no brackets (then only with the underscore, so "user ID 1" stays as it is).
+static PLACEHOLDER: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(&format!(
+        r"(?i)\[\s*({LABELS})[_ ](\d{{1,5}})\s*\]|\b({LABELS})_(\d{{1,5}})\b"
+    ))
+    .ok()
+});
 
 /// Replaces every redactable finding in `request` by a placeholder.
 pub fn redact(request: &ChatRequest, findings: &[Finding]) -> Redacted {
     let mut out = request.clone();
     let mut by_value: HashMap<String, String> = HashMap::new();
-    let mut counters: HashMap<&'static str, usize> = HashMap::new();
-    let mut pairs = Vec::new();
+    let mut counters: HashMap<&'static str, u32> = HashMap::new();
+    let mut originals = HashMap::new();
+    let taken = |p: &str| request.messages.iter().any(|m| m.content.contains(p));
     for (i, message) in out.messages.iter_mut().enumerate() {
-        let mut spans: Vec<&Finding> = findings
+        // Sorted, overlapping spans merged, so no private byte is left between two findings.
+        let mut spans: Vec<(usize, usize, PiiKind)> = findings
             .iter()
             .filter(|f| f.message == i && f.kind.redactable())
+            .map(|f| (f.start, f.end, f.kind))
             .collect();
-        spans.sort_by_key(|f| f.start);
+        spans.sort_by_key(|s| (s.0, std::cmp::Reverse(s.1)));
+        let mut merged: Vec<(usize, usize, PiiKind)> = Vec::with_capacity(spans.len());
+        for s in spans {
+            match merged.last_mut() {
+                Some(last) if s.0 < last.1 => last.1 = last.1.max(s.1),
+                _ => merged.push(s),
+            }
+        }
         let text = &message.content;
         let mut redacted = String::with_capacity(text.len());
         let mut at = 0;
-        for f in spans {
-            let (Some(before), Some(value)) = (text.get(at..f.start), text.get(f.start..f.end))
-            else {
+        for (start, end, kind) in merged {
+            let (Some(before), Some(value)) = (text.get(at..start), text.get(start..end)) else {
                 continue;
             };
-            if f.start < at {
-                continue;
-            }
             redacted.push_str(before);
             let placeholder = by_value.entry(value.to_string()).or_insert_with(|| {
-                let n = counters.entry(f.kind.label()).or_insert(0);
-                *n += 1;
-                let p = format!("[{}_{}]", f.kind.label(), n);
-                pairs.push((p.clone(), value.to_string()));
-                p
+                let n = counters.entry(kind.label()).or_insert(0);
+                loop {
+                    *n += 1;
+                    let p = format!("[{}_{}]", kind.label(), n);
+                    if !taken(&p) {
+                        originals.insert((kind.label().to_string(), *n), value.to_string());
+                        return p;
+                    }
+                }
             });
             redacted.push_str(placeholder);
-            at = f.end;
+            at = end;
         }
         redacted.push_str(text.get(at..).unwrap_or(""));
         message.content = redacted;
     }
-    // Longest placeholders first so `[EMAIL_10]` is not read as `[EMAIL_1]` + `0]`.
-    pairs.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
     Redacted {
         request: out,
         restorer: Restorer {
-            pairs,
+            originals,
             pending: String::new(),
         },
     }
 }
 
-const MAX_PLACEHOLDER: usize = 24;
+/// Longest text a stream holds back while it may be the start of a placeholder.
+const MAX_HELD: usize = 24;
 
 impl Restorer {
     /// How many distinct values were redacted.
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        self.originals.len()
     }
 
     /// Whether nothing was redacted.
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.originals.is_empty()
     }
 
-    /// Puts the originals back into a whole text.
+    /// Puts the originals back into a whole text, in one pass (an original that itself looks
+    /// like a placeholder is not replaced again).
     pub fn restore(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for (placeholder, original) in &self.pairs {
-            if out.contains(placeholder.as_str()) {
-                out = out.replace(placeholder.as_str(), original);
+        let Some(re) = PLACEHOLDER.as_ref().filter(|_| !self.originals.is_empty()) else {
+            return text.to_string();
+        };
+        re.replace_all(text, |caps: &regex::Captures<'_>| {
+            let label = caps.get(1).or_else(|| caps.get(3));
+            let number = caps.get(2).or_else(|| caps.get(4));
+            let found = label.zip(number).and_then(|(l, n)| {
+                let n: u32 = n.as_str().parse().ok()?;
+                self.originals.get(&(l.as_str().to_ascii_uppercase(), n))
+            });
+            match found {
+                Some(original) => original.clone(),
+                None => caps
+                    .get(0)
+                    .map_or(String::new(), |m| m.as_str().to_string()),
             }
-        }
-        out
+        })
+        .into_owned()
     }
 
-    /// Feeds a streamed delta; returns the text that is safe to emit now. A possible
-    /// placeholder cut between deltas is held back until it closes.
+    /// Feeds a streamed delta; returns the text that is safe to emit now. The trailing
+    /// partial word (which may be a placeholder cut between deltas) is held back until the
+    /// next delta or [`finish`](Restorer::finish).
     pub fn push(&mut self, delta: &str) -> String {
-        if self.pairs.is_empty() {
+        if self.originals.is_empty() {
             return delta.to_string();
         }
         self.pending.push_str(delta);
-        let hold_from = self.pending.rfind('[').filter(|&i| {
-            !self.pending[i..].contains(']') && self.pending.len() - i < MAX_PLACEHOLDER
-        });
-        let ready = match hold_from {
-            Some(i) => {
-                let rest = self.pending.split_off(i);
-                std::mem::replace(&mut self.pending, rest)
-            }
-            None => std::mem::take(&mut self.pending),
-        };
+        let hold = held_tail(&self.pending);
+        let rest = self.pending.split_off(self.pending.len() - hold);
+        let ready = std::mem::replace(&mut self.pending, rest);
         self.restore(&ready)
     }
 
@@ -134,17 +165,42 @@ impl Restorer {
     }
 }
 
+/// How many trailing bytes of `text` could still grow into a placeholder.
+fn held_tail(text: &str) -> usize {
+    // An unclosed bracket near the end.
+    if let Some(i) = text.rfind('[')
+        && !text[i..].contains(']')
+        && text.len() - i <= MAX_HELD
+    {
+        return text.len() - i;
+    }
+    // A trailing word of label characters ("EMAIL_" waiting for its number).
+    let word = text
+        .bytes()
+        .rev()
+        .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        .count();
+    if word > 0 && word <= MAX_HELD {
+        word
+    } else {
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::signals::privacy::PrivacyDetector;
 
+    fn redacted(text: &str) -> Redacted {
+        let req = ChatRequest::user(text);
+        let report = PrivacyDetector::new().scan(&req);
+        redact(&req, &report.findings)
+    }
+
     #[test]
     fn redacts_and_restores_the_same_value_with_one_placeholder() {
-        let req =
-            ChatRequest::user("Write to bob@example.com, cc bob@example.com and ann@example.org");
-        let report = PrivacyDetector::new().scan(&req);
-        let r = redact(&req, &report.findings);
+        let r = redacted("Write to bob@example.com, cc bob@example.com and ann@example.org");
         let sent = &r.request.messages[0].content;
         assert!(!sent.contains("@example"), "{sent}");
         assert_eq!(sent.matches("[EMAIL_1]").count(), 2);
@@ -156,15 +212,60 @@ mod tests {
     }
 
     #[test]
+    fn placeholders_never_collide_with_text_already_in_the_request() {
+        let r = redacted("Fill in the template \"Contact [EMAIL_1]\". My email is bob@x.com");
+        let sent = &r.request.messages[0].content;
+        assert_eq!(sent.matches("[EMAIL_1]").count(), 1, "{sent}");
+        assert!(sent.contains("[EMAIL_2]"), "{sent}");
+        assert_eq!(
+            r.restorer.restore("Contact [EMAIL_1] or [EMAIL_2]"),
+            "Contact [EMAIL_1] or bob@x.com"
+        );
+    }
+
+    #[test]
+    fn restore_forgives_what_models_do_to_placeholders() {
+        let r = redacted("mail a@b.io");
+        for (answer, want) in [
+            ("to [email_1].", "to a@b.io."),
+            ("to [EMAIL 1].", "to a@b.io."),
+            ("to EMAIL_1.", "to a@b.io."),
+            ("to [ EMAIL_1 ].", "to a@b.io."),
+            ("to [EMAIL_7].", "to [EMAIL_7]."),
+            ("user ID 1 and EMAIL 1", "user ID 1 and EMAIL 1"),
+        ] {
+            assert_eq!(r.restorer.restore(answer), want, "{answer}");
+        }
+    }
+
+    #[test]
+    fn overlapping_findings_leave_no_private_byte_behind() {
+        let req = ChatRequest::user("abc 0123456789 xyz");
+        let f = |start, end, kind| Finding {
+            kind,
+            message: 0,
+            start,
+            end,
+        };
+        let findings = [f(4, 10, PiiKind::Phone), f(8, 14, PiiKind::Card)];
+        let r = redact(&req, &findings);
+        assert_eq!(r.request.messages[0].content, "abc [PHONE_1] xyz");
+    }
+
+    #[test]
     fn streaming_restore_survives_placeholders_split_across_deltas() {
-        let req = ChatRequest::user("mail a@b.io");
-        let report = PrivacyDetector::new().scan(&req);
-        let mut r = redact(&req, &report.findings).restorer;
+        let mut r = redacted("mail a@b.io").restorer;
         let mut out = String::new();
-        for d in ["Sent to [EM", "AIL", "_1]", " ok [not a placeholder"] {
+        for d in [
+            "Sent to [EM",
+            "AIL",
+            "_1]",
+            " ok, EMAIL",
+            "_1 too [not a placeholder",
+        ] {
             out.push_str(&r.push(d));
         }
         out.push_str(&r.finish());
-        assert_eq!(out, "Sent to a@b.io ok [not a placeholder");
+        assert_eq!(out, "Sent to a@b.io ok, a@b.io too [not a placeholder");
     }
 }

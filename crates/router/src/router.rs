@@ -191,6 +191,9 @@ impl RouterBuilder {
 
     /// Builds the router. Fails when no backend is set.
     pub fn build(self) -> Result<Router> {
+        self.policy
+            .validate()
+            .map_err(|e| Error::invalid_request(e.to_string()))?;
         if self.local.is_none() && self.remote.is_none() {
             return Err(Error::invalid_request(
                 "a router needs a local backend, a remote backend, or both",
@@ -271,8 +274,15 @@ impl Router {
                 not_ready_reason: format!("{availability:?}"),
             }
         });
+        let policy_mode = inner.policy.mode;
+        let override_refused =
+            !inner.policy.allow_mode_override && request.mode.is_some_and(|m| m != policy_mode);
+        let mode = match request.mode {
+            Some(m) if inner.policy.allow_mode_override => m,
+            _ => policy_mode,
+        };
         let inputs = Inputs {
-            mode: request.mode.unwrap_or(inner.policy.mode),
+            mode,
             complexity,
             privacy: privacy.score,
             privacy_residual: privacy.residual,
@@ -282,6 +292,9 @@ impl Router {
             remote,
         };
         let mut decision = decision::decide(&inner.policy, &inputs);
+        if override_refused {
+            decision.route.rules.insert(0, Rule::ModeOverrideRefused);
+        }
         decision.route.timings.decide_us = micros(started);
         Ok(Plan {
             decision,
@@ -469,7 +482,7 @@ impl Router {
             switched,
             joining: false,
             finished: false,
-            pending: None,
+            pending: std::collections::VecDeque::new(),
             span,
         };
         Ok(Box::pin(futures::stream::unfold(
@@ -506,15 +519,16 @@ struct StreamState {
     /// The next delta continues another backend's text: mind the word boundary.
     joining: bool,
     finished: bool,
-    pending: Option<StreamEvent>,
+    /// Items to yield before reading the backend again.
+    pending: std::collections::VecDeque<Result<StreamEvent>>,
     span: tracing::Span,
 }
 
 impl StreamState {
     async fn next_event(&mut self) -> Option<Result<StreamEvent>> {
         loop {
-            if let Some(ev) = self.pending.take() {
-                return Some(Ok(ev));
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
             }
             if self.finished {
                 return None;
@@ -548,8 +562,12 @@ impl StreamState {
                     if self.target == Target::Cloud {
                         self.router.inner.record_remote(Ok(()));
                     }
-                    self.usage.prompt_tokens += usage.prompt_tokens;
-                    self.usage.completion_tokens += usage.completion_tokens;
+                    self.usage.prompt_tokens =
+                        self.usage.prompt_tokens.saturating_add(usage.prompt_tokens);
+                    self.usage.completion_tokens = self
+                        .usage
+                        .completion_tokens
+                        .saturating_add(usage.completion_tokens);
                     let done = self.done(finish_reason, model);
                     let tail = self
                         .restorer
@@ -560,7 +578,7 @@ impl StreamState {
                         return Some(Ok(done));
                     }
                     self.text.push_str(&tail);
-                    self.pending = Some(done);
+                    self.pending.push_back(Ok(done));
                     return Some(Ok(StreamEvent::Delta(tail)));
                 }
                 Some(Err(e)) => e,
@@ -569,9 +587,20 @@ impl StreamState {
             if self.target == Target::Cloud {
                 self.router.inner.record_remote(Err(&failure));
             }
+            // Text the restorer held back was generated: emit it before anything else, and
+            // let the continuation see it.
+            let tail = self
+                .restorer
+                .as_mut()
+                .map(Restorer::finish)
+                .unwrap_or_default();
+            if !tail.is_empty() {
+                self.text.push_str(&tail);
+                self.pending.push_back(Ok(StreamEvent::Delta(tail)));
+            }
             if let Err(e) = self.switch(failure).await {
                 self.finished = true;
-                return Some(Err(e));
+                self.pending.push_back(Err(e));
             }
         }
     }
@@ -603,13 +632,15 @@ impl StreamState {
             return Err(error);
         }
         let policy = &self.router.inner.policy;
+        // The direction must be allowed (remote_error_to_local / local_error_to_cloud), and
+        // after the first tokens the policy's mid_stream switch as well.
+        let Some(kind) = self
+            .router
+            .error_fallback(from, &self.plan.decision, &error)
+        else {
+            return Err(error);
+        };
         let (kind, request) = if self.text.is_empty() {
-            let Some(kind) = self
-                .router
-                .error_fallback(from, &self.plan.decision, &error)
-            else {
-                return Err(error);
-            };
             (kind, self.request.clone())
         } else {
             if !policy.fallback.mid_stream {

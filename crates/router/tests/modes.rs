@@ -182,8 +182,22 @@ async fn thermal_critical_never_runs_local_in_any_mode_or_policy() {
 
 #[tokio::test]
 async fn request_mode_overrides_policy_mode() {
-    let case = setup(policy("offline-only"), true, true);
+    let case = setup(policy("balanced"), true, true);
     assert_eq!(run(&case, SIMPLE, Mode::CloudOnly).await, Target::Cloud);
+}
+
+#[tokio::test]
+async fn offline_only_refuses_a_request_asking_for_the_cloud() {
+    let case = setup(policy("offline-only"), true, true);
+    let c = case
+        .router
+        .complete(ChatRequest::user(SIMPLE).with_mode(Mode::CloudOnly))
+        .await
+        .unwrap();
+    assert_eq!(c.route.target, Target::Local);
+    assert_eq!(c.route.mode, Mode::LocalOnly);
+    assert!(c.route.fired(elmroute_core::Rule::ModeOverrideRefused));
+    assert_eq!(case.remote.calls(), 0);
 }
 
 #[tokio::test]

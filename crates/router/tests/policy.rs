@@ -211,3 +211,45 @@ fn shipped_policies_round_trip() {
         assert_eq!(Policy::from_toml(&p.to_toml(), name).unwrap(), p, "{name}");
     }
 }
+
+#[test]
+fn keys_are_found_under_commented_headers_inline_tables_and_dotted_keys() {
+    let (line, key, _) = invalid("[battery]   # levels\nlow = 2.0\n");
+    assert_eq!((line, key.as_deref()), (2, Some("battery.low")));
+    let (line, key, _) = invalid("mode = \"auto\"\nbattery = { low = 0.2, critical = 7.0 }\n");
+    assert_eq!((line, key.as_deref()), (2, Some("battery.critical")));
+    let (line, key, msg) = invalid("battery = { low = 0.2, lowest = 0.1 }\n");
+    assert_eq!((line, key.as_deref()), (1, Some("battery.lowest")), "{msg}");
+    let (line, key, _) = invalid("battery.low = \"low\"\n");
+    assert_eq!((line, key.as_deref()), (1, Some("battery.low")));
+    let (line, key, _) = invalid("[battery] # levels\nlow = 0.1\ncritical = 0.3\n");
+    assert_eq!((line, key.as_deref()), (3, Some("battery.critical")));
+}
+
+#[test]
+fn a_cross_key_error_points_at_the_key_the_file_sets() {
+    // Only `bar` is set; the default redact_above (0.3) is above it.
+    let (line, key, msg) = invalid("mode = \"auto\"\n[privacy]\nbar = 0.2\n");
+    assert_eq!((line, key.as_deref()), (3, Some("privacy.bar")));
+    assert!(msg.contains("redact_above") && msg.contains("0.2"), "{msg}");
+}
+
+#[test]
+fn policies_built_in_code_are_validated_by_the_router_builder() {
+    let mut p = Policy::default();
+    p.thermal.local_forbidden_at = elmroute_core::ThermalLevel::Nominal;
+    assert_eq!(
+        p.validate().unwrap_err().key(),
+        Some("thermal.local_forbidden_at")
+    );
+    let err = Router::builder()
+        .policy(p)
+        .local(TestBackend::local("l"))
+        .build()
+        .unwrap_err();
+    assert!(err.is_invalid_request());
+    assert!(
+        err.to_string().contains("thermal.local_forbidden_at"),
+        "{err}"
+    );
+}

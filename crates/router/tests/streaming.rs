@@ -140,3 +140,109 @@ async fn stream_error_before_first_token_falls_back() {
         FallbackKind::RemoteErrorToLocal
     );
 }
+
+#[tokio::test]
+async fn private_text_in_a_local_partial_answer_forbids_moving_to_the_cloud() {
+    let local = TestBackend::new(
+        "test-local",
+        elmroute_core::BackendKind::Local,
+        Script::BreakAfter(
+            "Use 4111 1111 1111 1111 for tests and nothing else".into(),
+            6,
+        ),
+    );
+    let remote = TestBackend::remote("unused");
+    let (text, _, err) = collect(
+        &router(Policy::default(), &local, &remote),
+        ChatRequest::user("Give me a test card number"),
+    )
+    .await;
+    assert!(text.contains("4111"));
+    assert!(err.is_some());
+    assert_eq!(remote.calls(), 0);
+}
+
+#[tokio::test]
+async fn a_local_partial_answer_is_redacted_before_the_cloud_continues_it() {
+    let local = TestBackend::new(
+        "test-local",
+        elmroute_core::BackendKind::Local,
+        Script::BreakAfter("Ask jane.doe@example.com about the plan".into(), 3),
+    );
+    let remote = TestBackend::remote("about it");
+    let (text, route, err) = collect(
+        &router(Policy::default(), &local, &remote),
+        ChatRequest::user("Who should I ask?"),
+    )
+    .await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text, "Ask jane.doe@example.com about about it");
+    assert_eq!(
+        route.unwrap().fallback.unwrap().kind,
+        FallbackKind::MidStream
+    );
+    assert!(
+        !remote.all_text().contains("jane.doe"),
+        "{}",
+        remote.all_text()
+    );
+    assert!(remote.all_text().contains("[EMAIL_1]"));
+}
+
+#[tokio::test]
+async fn mid_stream_switch_to_the_cloud_respects_local_error_to_cloud() {
+    let local = TestBackend::new(
+        "test-local",
+        elmroute_core::BackendKind::Local,
+        Script::BreakAfter("one two three four".into(), 2),
+    );
+    let remote = TestBackend::remote("unused");
+    let mut p = Policy::default();
+    p.fallback.local_error_to_cloud = false;
+    let (text, _, err) = collect(&router(p, &local, &remote), ChatRequest::user("hi")).await;
+    assert_eq!(text, "one two");
+    assert!(err.is_some());
+    assert_eq!(remote.calls(), 0);
+}
+
+#[tokio::test]
+async fn text_held_for_a_placeholder_is_not_lost_when_the_stream_breaks() {
+    let local = TestBackend::local("then more");
+    let remote = TestBackend::new(
+        "test-remote",
+        elmroute_core::BackendKind::Remote,
+        Script::BreakAfter("Write to [EMAIL_1] and [EM never".into(), 5),
+    );
+    let req = ChatRequest::user("Email jane@example.org a summary")
+        .with_mode(elmroute_core::Mode::PreferCloud);
+    let (text, route, err) = collect(&router(Policy::default(), &local, &remote), req).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text, "Write to jane@example.org and [EM then more");
+    assert_eq!(route.unwrap().target, Target::Local);
+    let continued = &local.received()[0].messages;
+    assert_eq!(
+        continued[continued.len() - 2].content,
+        "Write to jane@example.org and [EM"
+    );
+}
+
+#[tokio::test]
+async fn a_scorer_returning_nan_cannot_poison_the_route() {
+    struct Broken;
+    impl elmroute_router::ComplexityScorer for Broken {
+        fn score(&self, _: &ChatRequest) -> f32 {
+            f32::NAN
+        }
+    }
+    let r = Router::builder()
+        .local(TestBackend::local("x"))
+        .remote(TestBackend::remote("y"))
+        .complexity(Broken)
+        .build()
+        .unwrap();
+    let route = r.decide(&ChatRequest::user("hi")).unwrap();
+    assert_eq!(route.scores.complexity, 0.0);
+    assert!(route.scores.total.is_finite());
+    let json = serde_json::to_value(&route).unwrap();
+    assert!(json["scores"]["complexity"].is_number());
+}

@@ -27,6 +27,8 @@ enum Feature {
     Steps,
     LongOutput,
     Simple,
+    /// "500 words", "a 2000-word essay": long or short output, by the number before it.
+    WordCount,
 }
 
 const MARKERS: &[(Feature, &[&str])] = &[
@@ -139,7 +141,8 @@ const MARKERS: &[(Feature, &[&str])] = &[
             "integrate",
             "limit of",
             "modulo",
-            "prime",
+            "prime number",
+            "primes",
             "\u{222b}",
             "\u{2211}",
             "\u{221a}",
@@ -199,6 +202,16 @@ const MARKERS: &[(Feature, &[&str])] = &[
             "recursion",
             "recursive",
             "code",
+            "error",
+            "bug",
+            "borrow checker",
+            "null pointer",
+            "memory leak",
+            "crash",
+            "syntax",
+            "deadlock",
+            "race condition",
+            "stack overflow",
         ],
     ),
     (
@@ -237,7 +250,6 @@ const MARKERS: &[(Feature, &[&str])] = &[
             "thorough",
             "in detail",
             "article",
-            "words",
             "pages",
             "complete guide",
             "full guide",
@@ -273,6 +285,7 @@ const MARKERS: &[(Feature, &[&str])] = &[
             "ensayo",
         ],
     ),
+    (Feature::WordCount, &["words", "-word"]),
     (
         Feature::Simple,
         &[
@@ -391,19 +404,24 @@ impl HeuristicComplexity {
 
     /// The scorer with the given weights.
     pub fn with_weights(weights: HeuristicWeights) -> Self {
-        let mut patterns = Vec::new();
+        let mut patterns: Vec<&str> = Vec::new();
         let mut features = Vec::new();
         for (feature, words) in MARKERS {
             for w in *words {
-                patterns.push(*w);
-                features.push(*feature);
+                // Overlapping matching reports every pattern, so a duplicate would count twice.
+                if !patterns.iter().any(|p| p.eq_ignore_ascii_case(w)) {
+                    patterns.push(w);
+                    features.push(*feature);
+                }
             }
         }
         // The marker list is fixed and valid, so building does not fail; if it ever did, the
         // scorer would still work on length, depth and max_tokens alone rather than panic.
         let automaton = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostLongest)
+            // Overlapping, so "step by step" counts as reasoning and as steps, and adding
+            // text can never hide a marker found before (the score stays monotone).
+            .match_kind(MatchKind::Standard)
             .build(&patterns)
             .ok();
         Self {
@@ -427,7 +445,11 @@ impl HeuristicComplexity {
             max_tokens: request.max_tokens,
             ..Default::default()
         };
-        for m in self.automaton.iter().flat_map(|a| a.find_iter(text)) {
+        for m in self
+            .automaton
+            .iter()
+            .flat_map(|a| a.find_overlapping_iter(text))
+        {
             let pat = m.pattern().as_usize();
             let Some(feature) = self.features.get(pat).copied() else {
                 continue;
@@ -448,6 +470,11 @@ impl HeuristicComplexity {
                 Feature::Steps => f.steps += 1,
                 Feature::LongOutput => f.long_output += 1,
                 Feature::Simple => f.simple += 1,
+                Feature::WordCount => match number_before(bytes, m.start()) {
+                    Some(n) if n >= 300 => f.long_output += 1,
+                    Some(n) if n > 0 && n <= 100 => f.simple += 1,
+                    _ => {}
+                },
             }
         }
         // Arithmetic between digits ("3 * 4", "2x+1=5") and extra questions, counted bytewise.
@@ -457,8 +484,17 @@ impl HeuristicComplexity {
             match b {
                 b'?' => questions += 1,
                 b'0'..=b'9' => last_digit = i,
-                b'=' | b'+' | b'*' | b'/' | b'^' | b'<' | b'>'
+                b'=' | b'+' | b'*' | b'^' | b'<' | b'>'
                     if last_digit != usize::MAX && i - last_digit <= 2 =>
+                {
+                    f.math += 1;
+                    last_digit = usize::MAX;
+                }
+                // Division only with spaces ("3 / 4"): "12/05/2024" is a date.
+                b'/' if last_digit != usize::MAX
+                    && i - last_digit == 2
+                    && bytes.get(i - 1) == Some(&b' ')
+                    && bytes.get(i + 1) == Some(&b' ') =>
                 {
                     f.math += 1;
                     last_digit = usize::MAX;
@@ -487,9 +523,10 @@ impl HeuristicComplexity {
             + w.long_output * sat(f.long_output, 1.0)
             + w.depth * depth
             + w.max_tokens * max_tokens;
-        // Simple-ask markers only discount short prompts: "what is" at the head of a long,
-        // technical question does not make it easy.
-        let simple = if f.simple > 0 {
+        // Simple-ask markers only discount short prompts without code or maths: "what is" at
+        // the head of a long technical question, or "translate this C++ into Rust", is not
+        // easy.
+        let simple = if f.simple > 0 && f.code == 0 && f.math == 0 {
             w.simple * (1.0 - length)
         } else {
             0.0
@@ -497,6 +534,30 @@ impl HeuristicComplexity {
         let z = (hard - simple).max(0.0);
         (1.0 - (-1.6 * z).exp()).clamp(0.0, 1.0)
     }
+}
+
+/// The number written just before `at` ("500 words", "2000-word"), if any.
+fn number_before(bytes: &[u8], at: usize) -> Option<u64> {
+    let mut end = at;
+    while end > 0 && matches!(bytes.get(end - 1), Some(b' ' | b'-')) {
+        end -= 1;
+    }
+    let mut start = end;
+    while start > 0
+        && bytes
+            .get(start - 1)
+            .is_some_and(|b| b.is_ascii_digit() || *b == b',')
+    {
+        start -= 1;
+    }
+    let digits: String = bytes
+        .get(start..end)?
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .map(|&b| char::from(b))
+        .take(9)
+        .collect();
+    digits.parse().ok()
 }
 
 impl Default for HeuristicComplexity {
@@ -533,6 +594,36 @@ mod tests {
     fn markers_need_word_boundaries() {
         let f = HeuristicComplexity::new().features(&ChatRequest::user("I trust my coworkers"));
         assert_eq!(f.code, 0);
+    }
+
+    #[test]
+    fn step_by_step_counts_for_reasoning_and_steps_so_more_text_never_scores_less() {
+        let a = score("Explain why the sky is blue. Go step by");
+        let b = score("Explain why the sky is blue. Go step by step");
+        assert!(b >= a, "{a} -> {b}");
+    }
+
+    #[test]
+    fn translating_code_is_not_a_simple_ask() {
+        assert!(score("Translate this C++ template metaprogram into idiomatic Rust traits") > 0.4);
+        assert!(score("Translate 'good morning' into Spanish") < 0.2);
+    }
+
+    #[test]
+    fn word_counts_mean_long_or_short_output() {
+        let h = HeuristicComplexity::new();
+        let f = h.features(&ChatRequest::user("write a 2000-word essay"));
+        assert!(f.long_output >= 2);
+        let f = h.features(&ChatRequest::user("answer in 20 words"));
+        assert_eq!((f.long_output, f.simple), (0, 1));
+    }
+
+    #[test]
+    fn dates_are_not_arithmetic_but_spaced_division_is() {
+        let h = HeuristicComplexity::new();
+        assert_eq!(h.features(&ChatRequest::user("on 12/05/2024")).math, 0);
+        assert_eq!(h.features(&ChatRequest::user("what is 3 / 4")).math, 1);
+        assert_eq!(h.features(&ChatRequest::user("the prime minister")).math, 0);
     }
 
     #[test]

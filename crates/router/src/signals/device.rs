@@ -1,8 +1,21 @@
 //! Battery, thermal and network signals from a [`DeviceState`] under a [`Policy`].
 
-use elmroute_core::{DeviceState, Network, ThermalLevel};
+use elmroute_core::{Battery, DeviceState, Network, ThermalLevel};
 
 use crate::policy::Policy;
+
+/// The battery's charge as a fraction. Hosts sometimes pass a percentage (`15.0`): values
+/// above 1 and up to 100 are read as percent; NaN reads as full (no evidence of a low
+/// battery).
+pub fn level(b: &Battery) -> f32 {
+    if b.level.is_nan() {
+        1.0
+    } else if b.level > 1.0 && b.level <= 100.0 {
+        b.level / 100.0
+    } else {
+        b.level.clamp(0.0, 1.0)
+    }
+}
 
 /// Battery pressure, 0..=1: 0 on mains or charging or above `low`; from 0.5 at `low` rising
 /// to 1.0 at `critical`; at least `low_power` while low-power mode is on.
@@ -17,11 +30,7 @@ pub fn battery(state: &DeviceState, policy: &Policy) -> f32 {
     };
     let low = policy.battery.low.get();
     let critical = policy.battery.critical.get();
-    let level = if b.level.is_finite() {
-        b.level.clamp(0.0, 1.0)
-    } else {
-        1.0
-    };
+    let level = level(&b);
     let pressure = if level <= critical {
         1.0
     } else if level <= low {
@@ -37,14 +46,14 @@ pub fn battery(state: &DeviceState, policy: &Policy) -> f32 {
 pub fn battery_critical(state: &DeviceState, policy: &Policy) -> bool {
     state
         .battery
-        .is_some_and(|b| !b.charging && b.level <= policy.battery.critical.get())
+        .is_some_and(|b| !b.charging && level(&b) <= policy.battery.critical.get())
 }
 
 /// Whether the battery is at or below the low level and not charging.
 pub fn battery_low(state: &DeviceState, policy: &Policy) -> bool {
     state
         .battery
-        .is_some_and(|b| !b.charging && b.level <= policy.battery.low.get())
+        .is_some_and(|b| !b.charging && level(&b) <= policy.battery.low.get())
 }
 
 /// Heat, 0..=1: nominal 0, fair and serious as the policy says, critical 1.
@@ -105,6 +114,17 @@ mod tests {
         });
         assert_eq!(battery(&s, &Policy::default()), 0.0);
         assert!(!battery_critical(&s, &Policy::default()));
+    }
+
+    #[test]
+    fn percentages_are_read_as_fractions() {
+        let p = Policy::default();
+        assert_eq!(
+            battery(&on_battery(15.0), &p),
+            battery(&on_battery(0.15), &p)
+        );
+        assert!(battery_critical(&on_battery(5.0), &p));
+        assert!(!battery_low(&on_battery(80.0), &p));
     }
 
     #[test]
