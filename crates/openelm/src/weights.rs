@@ -169,18 +169,7 @@ impl Checkpoint {
                 path: shard.path.clone(),
                 detail: e.to_string(),
             })?;
-        let dtype = match view.dtype() {
-            safetensors::Dtype::F32 => DType::F32,
-            safetensors::Dtype::F16 => DType::F16,
-            safetensors::Dtype::BF16 => DType::BF16,
-            other => {
-                return Err(Error::TensorDtype {
-                    file: shard.path.clone(),
-                    name: name.to_string(),
-                    found: format!("{other:?}"),
-                });
-            }
-        };
+        let dtype = stored_dtype(view.dtype(), &shard.path, name)?;
         Ok(Some(TensorInfo {
             file: shard.path.clone(),
             dtype,
@@ -267,18 +256,7 @@ impl Checkpoint {
             detail: e.to_string(),
         };
         let view = shard.tensors()?.tensor(name).map_err(st_err)?;
-        let stored = match view.dtype() {
-            safetensors::Dtype::F32 => DType::F32,
-            safetensors::Dtype::F16 => DType::F16,
-            safetensors::Dtype::BF16 => DType::BF16,
-            other => {
-                return Err(Error::TensorDtype {
-                    file: shard.path.clone(),
-                    name: name.to_string(),
-                    found: format!("{other:?}"),
-                });
-            }
-        };
+        let stored = stored_dtype(view.dtype(), &shard.path, name)?;
         let t = Tensor::from_raw_buffer(view.data(), stored, view.shape(), device)?;
         Ok(if stored == dtype {
             t
@@ -312,5 +290,20 @@ impl Checkpoint {
             out.insert(name, t);
         }
         Ok(out)
+    }
+}
+
+/// The candle dtype of a stored tensor: f32, f16 or bf16, anything else an error naming the
+/// file and the tensor.
+fn stored_dtype(dtype: safetensors::Dtype, file: &Path, name: &str) -> Result<DType> {
+    match dtype {
+        safetensors::Dtype::F32 => Ok(DType::F32),
+        safetensors::Dtype::F16 => Ok(DType::F16),
+        safetensors::Dtype::BF16 => Ok(DType::BF16),
+        other => Err(Error::TensorDtype {
+            file: file.to_path_buf(),
+            name: name.to_string(),
+            found: format!("{other:?}"),
+        }),
     }
 }

@@ -46,61 +46,52 @@ use std::path::Path;
 use elmroute_core::{Mode, ThermalLevel};
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// A number in 0..=1, checked while the file is read so the error points at the value.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
-#[serde(transparent)]
-pub struct Unit(f32);
+/// A number checked against its range while the file is read, so the error points at the
+/// value.
+macro_rules! bounded {
+    ($(#[$doc:meta])* $name:ident, $lo:expr, $hi:expr, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(f32);
 
-impl Unit {
-    /// Checks `v` is finite and within 0..=1.
-    pub fn new(v: f32) -> Result<Self, String> {
-        if v.is_finite() && (0.0..=1.0).contains(&v) {
-            Ok(Self(v))
-        } else {
-            Err(format!("expected a number from 0 to 1, found {v}"))
+        impl $name {
+            #[doc = concat!("Checks `v` is finite and ", $what, ".")]
+            pub fn new(v: f32) -> Result<Self, String> {
+                if v.is_finite() && ($lo..=$hi).contains(&v) {
+                    Ok(Self(v))
+                } else {
+                    Err(format!(concat!("expected ", $what, ", found {}"), v))
+                }
+            }
+
+            /// The value.
+            pub fn get(self) -> f32 {
+                self.0
+            }
         }
-    }
 
-    /// The value.
-    pub fn get(self) -> f32 {
-        self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for Unit {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = f64::deserialize(d)?;
-        Unit::new(v as f32).map_err(serde::de::Error::custom)
-    }
-}
-
-/// A signal weight: finite, 0..=100.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
-#[serde(transparent)]
-pub struct Weight(f32);
-
-impl Weight {
-    /// Checks `v` is finite and within 0..=100.
-    pub fn new(v: f32) -> Result<Self, String> {
-        if v.is_finite() && (0.0..=100.0).contains(&v) {
-            Ok(Self(v))
-        } else {
-            Err(format!("expected a weight from 0 to 100, found {v}"))
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let v = f64::deserialize(d)?;
+                $name::new(v as f32).map_err(serde::de::Error::custom)
+            }
         }
-    }
-
-    /// The value.
-    pub fn get(self) -> f32 {
-        self.0
-    }
+    };
 }
 
-impl<'de> Deserialize<'de> for Weight {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = f64::deserialize(d)?;
-        Weight::new(v as f32).map_err(serde::de::Error::custom)
-    }
-}
+bounded!(
+    /// A number in 0..=1 (levels, bars, signal values).
+    Unit, 0.0, 1.0, "a number from 0 to 1"
+);
+bounded!(
+    /// A signal weight: finite, 0..=100.
+    Weight, 0.0, 100.0, "a weight from 0 to 100"
+);
+bounded!(
+    /// The `auto` threshold: finite, -10..=10.
+    Threshold, -10.0, 10.0, "a number from -10 to 10"
+);
 
 /// How much each signal counts in `auto` mode.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -275,34 +266,6 @@ pub struct Policy {
     pub network: NetworkPolicy,
     /// Allowed fallbacks.
     pub fallback: FallbackPolicy,
-}
-
-/// The `auto` threshold: finite, -10..=10.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
-#[serde(transparent)]
-pub struct Threshold(f32);
-
-impl Threshold {
-    /// Checks `v` is finite and within -10..=10.
-    pub fn new(v: f32) -> Result<Self, String> {
-        if v.is_finite() && (-10.0..=10.0).contains(&v) {
-            Ok(Self(v))
-        } else {
-            Err(format!("expected a number from -10 to 10, found {v}"))
-        }
-    }
-
-    /// The value.
-    pub fn get(self) -> f32 {
-        self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for Threshold {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = f64::deserialize(d)?;
-        Threshold::new(v as f32).map_err(serde::de::Error::custom)
-    }
 }
 
 impl Default for Policy {

@@ -3,22 +3,13 @@
 
 mod common;
 
-use common::{Script, TestBackend, policy};
+use common::{Script, TestBackend, policy, router};
 use elmroute_core::{Availability, ChatRequest, Error, FallbackKind, Mode, Target};
-use elmroute_router::{Policy, Router};
+use elmroute_router::Policy;
 use std::time::Duration;
 
 const HARD: &str = "Explain step by step how to derive the closed-form solution of least squares \
     regression, prove the estimator is unbiased, then implement it in Rust with unit tests.";
-
-fn router(p: Policy, local: &TestBackend, remote: &TestBackend) -> Router {
-    Router::builder()
-        .policy(p)
-        .local(local.clone())
-        .remote(remote.clone())
-        .build()
-        .unwrap()
-}
 
 #[tokio::test]
 async fn remote_failure_falls_back_to_local_when_allowed() {

@@ -3,19 +3,10 @@
 
 mod common;
 
-use common::{Script, TestBackend};
+use common::{Script, TestBackend, router};
 use elmroute_core::{ChatRequest, Error, FallbackKind, StreamEvent, Target};
 use elmroute_router::{Policy, Router};
 use futures::StreamExt;
-
-fn router(p: Policy, local: &TestBackend, remote: &TestBackend) -> Router {
-    Router::builder()
-        .policy(p)
-        .local(local.clone())
-        .remote(remote.clone())
-        .build()
-        .unwrap()
-}
 
 /// Collects a stream: the text, the final route, and an error if it ended in one.
 async fn collect(

@@ -171,3 +171,17 @@ pub fn policy(name: &str) -> elmroute_router::Policy {
     let path = format!("{}/../../policies/{name}.toml", env!("CARGO_MANIFEST_DIR"));
     elmroute_router::Policy::from_file(&path).unwrap()
 }
+
+/// A router over a pair of test backends.
+pub fn router(
+    p: elmroute_router::Policy,
+    local: &TestBackend,
+    remote: &TestBackend,
+) -> elmroute_router::Router {
+    elmroute_router::Router::builder()
+        .policy(p)
+        .local(local.clone())
+        .remote(remote.clone())
+        .build()
+        .unwrap()
+}
