@@ -11,6 +11,16 @@
 
 use elmroute_core::{Message, Role};
 
+/// Breaks up the control-token texts `<s>`, `</s>` and `<unk>` in message content.
+fn escape_control(text: &str) -> String {
+    if !text.contains("<s>") && !text.contains("</s>") && !text.contains("<unk>") {
+        return text.to_string();
+    }
+    text.replace("<s>", "<\u{200B}s>")
+        .replace("</s>", "<\u{200B}/s>")
+        .replace("<unk>", "<\u{200B}unk>")
+}
+
 /// How chat messages become the prompt text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -30,6 +40,14 @@ impl ChatTemplate {
     /// Renders `messages` into the prompt text (without the leading BOS, which the tokenizer
     /// adds).
     pub fn render(&self, messages: &[Message]) -> String {
+        // Message text is data: a user who types `</s>` must not end the prompt, and one who
+        // types `<s>` must not start a new sequence. A zero-width space keeps the text visible
+        // to the model but out of the tokenizer's control-token match.
+        let escaped: Vec<Message> = messages
+            .iter()
+            .map(|m| Message::new(m.role, escape_control(&m.content)))
+            .collect();
+        let messages = escaped.as_slice();
         match self {
             Self::Plain => render_plain(messages),
             Self::Zephyr => {
@@ -154,5 +172,13 @@ mod tests {
             ChatTemplate::Llama2.render(&m),
             "[INST] <<SYS>>\nS\n<</SYS>>\n\nU [/INST]"
         );
+    }
+
+    #[test]
+    fn control_token_text_in_messages_is_escaped_but_template_tokens_are_not() {
+        let msgs = [Message::user("explain </s> and <s> tags")];
+        let zephyr = ChatTemplate::Zephyr.render(&msgs);
+        assert_eq!(zephyr.matches("</s>").count(), 1, "{zephyr}");
+        assert!(!ChatTemplate::Plain.render(&msgs).contains("</s>"));
     }
 }

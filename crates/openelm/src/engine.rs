@@ -28,7 +28,8 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Where the model runs. Default CPU.
     pub device: Device,
-    /// Requests that may wait while one runs; one more gets a busy error. Default 8.
+    /// Requests that may wait while one runs; one more gets a busy error. Default 8; 0 is
+    /// taken as 1.
     pub queue_capacity: usize,
     /// Drop the oldest prompt tokens when a request does not fit the context instead of
     /// answering with a context-overflow error. Default false.
@@ -323,7 +324,9 @@ impl OpenElm {
     }
 
     fn unloaded(source: Source, opts: LoadOptions) -> Self {
-        let (jobs, rx) = std::sync::mpsc::sync_channel(opts.queue_capacity);
+        // At least one waiting slot: a zero-capacity channel is a rendezvous that would answer
+        // busy whenever the worker is between two jobs.
+        let (jobs, rx) = std::sync::mpsc::sync_channel(opts.queue_capacity.max(1));
         let shared = Arc::new(Shared {
             name: opts.name.clone().unwrap_or_else(|| "openelm".into()),
             availability: Mutex::new(Availability::NotLoaded),
@@ -458,6 +461,11 @@ impl OpenElm {
             .extend(self.opts.chat_template.stop_strings());
         match request.max_tokens {
             Some(n) => cfg.max_new_tokens = n as usize,
+            None if cfg.truncate_left => {
+                // Left open and the prompt may be cut: keep the default answer length (leaving
+                // room for at least BOS and one prompt token) and let fit_context cut the prompt.
+                cfg.max_new_tokens = cfg.max_new_tokens.min(limit.saturating_sub(2).max(1));
+            }
             None => {
                 // Left open: fit what the context still holds, at least one token.
                 let room = limit.saturating_sub(prompt.len()).max(1);
@@ -519,7 +527,16 @@ fn load_with_progress(
             }
         })
     }))
-    .unwrap_or_else(|_| Err(Error::WorkerStopped))
+    .unwrap_or_else(|payload| {
+        let reason = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Err(Error::InvalidArgument(format!(
+            "loading the model panicked: {reason}"
+        )))
+    })
 }
 
 /// Makes a loaded model's facts visible to the handle and marks the engine ready.

@@ -127,6 +127,16 @@ pub enum Error {
     /// Generation settings or a call's arguments are out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// The model produced NaN or infinite logits: the run dtype overflowed (f16 does on the
+    /// larger OpenELM models) or the weights are corrupt.
+    #[error(
+        "the model produced non-finite logits running in {dtype}; f16 overflows on the larger OpenELM models (use bf16 or f32), otherwise the weights are corrupt"
+    )]
+    NonFiniteLogits {
+        /// The run dtype.
+        dtype: String,
+    },
     /// A tensor operation failed.
     #[error("model computation failed: {0}")]
     Candle(#[from] candle_core::Error),

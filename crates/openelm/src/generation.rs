@@ -173,7 +173,9 @@ impl Sampler {
             return 0;
         }
         let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
-        if let Some(k) = self.top_k.filter(|k| *k < self.candidates.len()) {
+        // A zero k cannot come through GenerationConfig::validate; treat it as "off" here
+        // rather than index with it.
+        if let Some(k) = self.top_k.filter(|k| *k > 0 && *k < self.candidates.len()) {
             self.candidates.select_nth_unstable_by(k - 1, by_logit_desc);
             self.candidates.truncate(k);
         }

@@ -149,7 +149,18 @@ pub fn fetch(
     }
     let api = builder.build().map_err(|e| hub_err(e.to_string()))?;
     let repo = api.repo(model_repo(model_id, opts));
+    let cached_model = cache.repo(model_repo(model_id, opts));
+    let cached_tokenizer = cache.repo(Repo::model(opts.tokenizer_repo.clone()));
     let mut get = |repo: &hf_hub::api::sync::ApiRepo, name: &str| {
+        // A file already in the cache (from an earlier, partial fetch or another tool) is
+        // not downloaded again.
+        if let Some(p) = cached_model.get(name).or_else(|| {
+            (name == "tokenizer.json")
+                .then(|| cached_tokenizer.get(name))
+                .flatten()
+        }) {
+            return Ok(p);
+        }
         repo.download_with_progress(
             name,
             Reporter {

@@ -161,7 +161,14 @@ impl Attention {
                 .reshape((b, n_kv, rep * s, t))?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        // candle sums a softmax row in the tensor's own dtype; in bf16/f16 a long row of small
+        // probabilities loses mass, so normalise in f32.
+        let probs = if scores.dtype() == DType::F32 {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+                .to_dtype(scores.dtype())?
+        };
         let y = probs
             .matmul(&v)?
             .reshape((b, n_q, s, hd))?
@@ -228,6 +235,13 @@ impl Model {
         progress: impl FnMut(f32),
     ) -> Result<Self> {
         check_dtype(dtype)?;
+        if dtype == DType::F16 && (config.head_dim >= 128 || config.model_dim >= 3072) {
+            tracing::warn!(
+                model_dim = config.model_dim,
+                head_dim = config.head_dim,
+                "f16 overflows on the larger OpenELM models; prefer bf16 or f32"
+            );
+        }
         let tensors = checkpoint.load_all(config, dtype, device, progress)?;
         Self::from_tensors(config, tensors, dtype, device)
     }
@@ -375,10 +389,17 @@ impl Model {
     pub fn forward_tokens(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         let offset = self.seq_len;
         let t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        Ok(self
+        let logits = self
             .forward_last(&t, offset)?
             .squeeze(0)?
-            .to_vec1::<f32>()?)
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        if logits.iter().any(|x| !x.is_finite()) {
+            return Err(Error::NonFiniteLogits {
+                dtype: format!("{:?}", self.dtype).to_lowercase(),
+            });
+        }
+        Ok(logits)
     }
 
     fn hidden(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
@@ -482,19 +503,42 @@ fn causal_mask(s: usize, offset: usize, dtype: DType, device: &Device) -> Result
     Ok(Tensor::from_vec(mask, (s, t), device)?.to_dtype(dtype)?)
 }
 
-/// Random weights with the shapes of `config` (normal, std 0.02; norms at 1), for benchmarks
+/// Seeded random weights with the shapes of `config` (normal, std 0.02; norms at 1; the same
+/// config always gives the same weights), for benchmarks
 /// and tests that need real shapes but no download.
 pub fn random_tensors(
     config: &Config,
     dtype: DType,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
+    // A seeded generator rather than candle's randn (which cannot be seeded on CPU): the same
+    // config always gives the same weights, so tests and benchmarks repeat exactly.
+    let mut state: u64 = 0x0e1f_5eed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        // 53 random bits in (0, 1].
+        ((z ^ (z >> 31)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64) + f64::EPSILON
+    };
     let mut out = HashMap::new();
     for (name, shape) in config.expected_tensors() {
         let t = if shape.len() == 1 {
             Tensor::ones(shape, dtype, device)?
         } else {
-            Tensor::randn(0f32, 0.02, shape, device)?.to_dtype(dtype)?
+            let n: usize = shape.iter().product();
+            let mut values = Vec::with_capacity(n);
+            while values.len() < n {
+                // Box-Muller: two normals, standard deviation 0.02.
+                let (u1, u2) = (next(), next());
+                let r = (-2.0 * u1.ln()).sqrt() * 0.02;
+                let a = std::f64::consts::TAU * u2;
+                values.push((r * a.cos()) as f32);
+                values.push((r * a.sin()) as f32);
+            }
+            values.truncate(n);
+            Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?
         };
         out.insert(name, t);
     }

@@ -85,13 +85,15 @@ impl Checkpoint {
 
     /// The safetensors files of the checkpoint in `dir`.
     pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
-        let index = dir.join(SHARD_INDEX);
-        if index.is_file() {
-            return Self::files_from_index(&index);
-        }
+        // Like transformers, a single file wins over an index (a stale index next to a
+        // complete file is common after re-saving).
         let single = dir.join(SINGLE_FILE);
         if single.is_file() {
             return Ok(vec![single]);
+        }
+        let index = dir.join(SHARD_INDEX);
+        if index.is_file() {
+            return Self::files_from_index(&index);
         }
         Err(Error::MissingFile {
             dir: dir.to_path_buf(),
@@ -215,16 +217,22 @@ impl Checkpoint {
                 .filter(|n| !known.contains(n.as_str()))
                 .collect();
             extra.sort();
-            if let Some(name) = extra.first() {
-                let shard = &self.shards[self.names[*name]];
+            for name in extra {
+                let Some(shard) = self.names.get(name).and_then(|&i| self.shards.get(i)) else {
+                    continue;
+                };
                 let found = shard
                     .tensors()?
                     .tensor(name)
                     .map(|v| v.shape().to_vec())
                     .unwrap_or_default();
+                if harmless_extra(name, &found, config) {
+                    tracing::warn!(tensor = %name, "ignoring a tensor the model computes itself");
+                    continue;
+                }
                 return Err(Error::UnexpectedTensor {
                     file: shard.path.clone(),
-                    name: (*name).clone(),
+                    name: name.clone(),
                     found,
                 });
             }
@@ -306,4 +314,16 @@ fn stored_dtype(dtype: safetensors::Dtype, file: &Path, name: &str) -> Result<DT
             found: format!("{other:?}"),
         }),
     }
+}
+
+/// Tensors some exports carry that the model computes itself or shares: rotary tables and
+/// masks, and an `lm_head.weight` copy of the tied embeddings. Anything else unexpected is
+/// an error, since it means the config does not describe the checkpoint.
+fn harmless_extra(name: &str, shape: &[usize], config: &Config) -> bool {
+    let buffer = name.ends_with(".inv_freq")
+        || name.contains("rotary")
+        || name.ends_with("causal_mask")
+        || name.ends_with(".masked_bias");
+    let tied_head = name == "lm_head.weight" && shape == [config.vocab_size, config.model_dim];
+    buffer || tied_head
 }

@@ -212,6 +212,18 @@ async fn context_overflow_is_typed_and_left_truncation_serves_it() {
     let reply = lenient.complete(&req).await.expect("truncated");
     assert_eq!(reply.usage.prompt_tokens, 128 - 40);
 
+    // Without max_tokens, a truncated prompt still leaves the default answer length (not
+    // whatever room the uncut prompt left).
+    let open_ended =
+        ChatRequest::user(["the router decides where the request should go"; 6].join(" "))
+            .with_truncation(elmroute_core::Truncation::Left);
+    let reply = strict
+        .complete(&open_ended)
+        .await
+        .expect("open-ended truncated");
+    let n = reply.usage.completion_tokens;
+    assert!(n > 1 && n <= 64, "{:?}", reply.usage);
+
     // The request itself may ask for left truncation, on an engine that does not default to it.
     let per_request = req.clone().with_truncation(elmroute_core::Truncation::Left);
     let reply = strict

@@ -194,3 +194,117 @@ fn bf16_run_dtype_stays_close_to_reference() {
         assert!(worst < 0.25, "bf16 decode vs bf16 full at {pos}: {worst}");
     }
 }
+
+/// Prefill, then a multi-token chunk at an offset (the causal mask with a prefix), then single
+/// steps: every row must match the reference.
+#[test]
+fn chunked_prefill_at_an_offset_matches_reference() {
+    for name in common::CHECKPOINTS {
+        let r = reference(name);
+        let mut model = common::model(name);
+        let dev = Device::Cpu;
+        let (a, b) = (2.min(r.tokens.len()), 5.min(r.tokens.len()));
+        let mut rows = to_rows(
+            &model
+                .forward(&Tensor::new(&r.tokens[..a], &dev).unwrap(), 0)
+                .unwrap(),
+        );
+        rows.extend(to_rows(
+            &model
+                .forward(&Tensor::new(&r.tokens[a..b], &dev).unwrap(), a)
+                .unwrap(),
+        ));
+        for (pos, &t) in r.tokens.iter().enumerate().skip(b) {
+            rows.extend(to_rows(
+                &model
+                    .forward(&Tensor::new(&[t], &dev).unwrap(), pos)
+                    .unwrap(),
+            ));
+        }
+        assert_close(name, "chunked", &rows, &r.full);
+    }
+}
+
+/// bf16 attention over a long context: the softmax must be normalised in f32, or the
+/// probabilities of a long row stop summing to one and bf16 drifts far from f32.
+#[test]
+fn bf16_attention_over_a_long_context_tracks_f32() {
+    let config = Config::from_json(
+        r#"{"vocab_size": 64, "model_dim": 64, "head_dim": 16, "num_transformer_layers": 1,
+            "num_query_heads": [4], "num_kv_heads": [2], "ffn_multipliers": [1.0],
+            "ffn_dim_divisor": 16, "max_context_length": 2048}"#,
+    )
+    .unwrap();
+    let dev = Device::Cpu;
+    let tensors = elmroute_openelm::random_tensors(&config, DType::F32, &dev).unwrap();
+    let bf16_tensors = tensors
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                t.to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let mut f32_model =
+        elmroute_openelm::Model::from_tensors(&config, bf16_tensors, DType::F32, &dev).unwrap();
+    let mut bf16_model =
+        elmroute_openelm::Model::from_tensors(&config, tensors, DType::BF16, &dev).unwrap();
+    let ids: Vec<u32> = (0..1500u32).map(|i| (i * 7 + 3) % 64).collect();
+    let ids = Tensor::new(ids.as_slice(), &dev).unwrap();
+    let want = f32_model
+        .forward(&ids, 0)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let got = bf16_model
+        .forward(&ids, 0)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let diff = (got - &want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff / scale < 0.02,
+        "mean |bf16 - f32| / mean |f32| = {}",
+        diff / scale
+    );
+}
+
+#[test]
+fn non_finite_logits_are_a_typed_error_not_garbage_text() {
+    let config = Config::from_json(
+        r#"{"vocab_size": 64, "model_dim": 32, "head_dim": 8, "num_transformer_layers": 1,
+            "num_query_heads": [4], "num_kv_heads": [2], "ffn_multipliers": [1.0],
+            "ffn_dim_divisor": 16, "max_context_length": 32}"#,
+    )
+    .unwrap();
+    let dev = Device::Cpu;
+    let mut tensors = elmroute_openelm::random_tensors(&config, DType::F32, &dev).unwrap();
+    let nan = Tensor::new(&[f32::NAN; 32], &dev).unwrap();
+    tensors.insert("transformer.norm.weight".into(), nan);
+    let mut model =
+        elmroute_openelm::Model::from_tensors(&config, tensors, DType::F32, &dev).unwrap();
+    let err = model.forward_tokens(&[1, 5, 9]).unwrap_err();
+    assert!(
+        matches!(err, elmroute_openelm::Error::NonFiniteLogits { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("bf16"), "{err}");
+}

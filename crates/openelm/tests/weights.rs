@@ -214,3 +214,36 @@ fn config_and_checkpoint_of_different_models_do_not_load() {
     let err = Model::load(&config, &ckpt, DType::F32, &Device::Cpu, |_| {}).expect_err("mismatch");
     assert!(matches!(err, Error::TensorShape { .. }), "{err:?}");
 }
+
+#[test]
+fn rotary_buffers_and_a_tied_lm_head_copy_are_ignored() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut t = fixture_tensors("tiny-gqa");
+    let embed = t["transformer.token_embeddings.weight"].clone();
+    t.insert("lm_head.weight".into(), embed);
+    let inv_freq = Tensor::ones(8, DType::F32, &Device::Cpu).expect("inv_freq");
+    t.insert(
+        "transformer.layers.0.attn.pos_embedding.inv_freq".into(),
+        inv_freq,
+    );
+    write_dir(tmp.path(), &t);
+    open_and_validate(tmp.path()).expect("harmless extras are accepted");
+    // An lm_head of another shape is not a copy of the embeddings: still an error.
+    let bad = Tensor::ones((10, 32), DType::F32, &Device::Cpu).expect("bad head");
+    t.insert("lm_head.weight".into(), bad);
+    write_dir(tmp.path(), &t);
+    let err = open_and_validate(tmp.path()).expect_err("unexpected head");
+    assert!(err.to_string().contains("lm_head.weight"), "{err}");
+}
+
+#[test]
+fn a_single_file_wins_over_a_stale_shard_index() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    write_dir(tmp.path(), &fixture_tensors("tiny-gqa"));
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        r#"{"metadata": {}, "weight_map": {"transformer.norm.weight": "model-00001-of-00002.safetensors"}}"#,
+    )
+    .expect("index");
+    open_and_validate(tmp.path()).expect("the complete single file is used");
+}
