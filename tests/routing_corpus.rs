@@ -2,7 +2,9 @@
 //!
 //! The corpus is a sample of the kinds of prompt the router must get right, not a target to
 //! fit: simple asks stay on the device, demanding ones go to the cloud, clearly private ones
-//! stay on the device whatever their complexity.
+//! stay on the device whatever their complexity. Each line says where balanced should send it
+//! (`expect`) and whether it is clearly private (`private`), independently of what the
+//! detector thinks.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use elmroute::{ChatRequest, DeclaredBackend, DeviceState, Policy, PrivacyDetector, Router};
@@ -11,6 +13,7 @@ use elmroute::{ChatRequest, DeclaredBackend, DeviceState, Policy, PrivacyDetecto
 struct Case {
     prompt: String,
     expect: String,
+    private: bool,
 }
 
 fn router(policy: &str) -> Router {
@@ -45,7 +48,7 @@ fn corpus() -> Vec<Case> {
 fn every_privacy_detector_compiles_in_the_shipped_feature_set() {
     // Regression: with the regex crate's `unicode-case` feature off, the case-insensitive
     // secret pattern failed to compile and secrets went undetected outside the test build.
-    assert_eq!(PrivacyDetector::new().detector_count(), 8);
+    assert_eq!(PrivacyDetector::new().detector_count(), 5);
 }
 
 #[test]
@@ -78,6 +81,16 @@ fn balanced_routes_the_sample_corpus_as_expected() {
 
 #[test]
 fn private_corpus_prompts_stay_local_under_every_shipped_policy() {
+    let cases = corpus();
+    let private: Vec<&Case> = cases.iter().filter(|c| c.private).collect();
+    assert!(private.len() >= 10, "{}", private.len());
+    // Lines not labelled private score below the default bar (0.7, balanced's), so no
+    // harmless prompt is refused the cloud for privacy.
+    let detector = PrivacyDetector::new();
+    for case in cases.iter().filter(|c| !c.private) {
+        let score = detector.scan(&ChatRequest::user(case.prompt.clone())).score;
+        assert!(score < 0.7, "score {score:.2}: {}", case.prompt);
+    }
     for policy in [
         "balanced",
         "privacy-first",
@@ -86,18 +99,17 @@ fn private_corpus_prompts_stay_local_under_every_shipped_policy() {
         "offline-only",
     ] {
         let router = router(policy);
-        let detector = PrivacyDetector::new();
-        let private = corpus()
-            .into_iter()
-            .filter(|c| detector.scan(&ChatRequest::user(c.prompt.clone())).score >= 0.7);
-        let mut n = 0;
-        for case in private {
-            n += 1;
+        for case in &private {
             let route = router
                 .decide(&ChatRequest::user(case.prompt.clone()))
                 .unwrap();
-            assert_ne!(route.target.as_str(), "cloud", "{policy}: {}", case.prompt);
+            assert_ne!(
+                route.target.as_str(),
+                "cloud",
+                "{policy}: {}\n{}",
+                case.prompt,
+                route.explain()
+            );
         }
-        assert!(n >= 7, "{n}");
     }
 }
