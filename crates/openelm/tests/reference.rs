@@ -229,12 +229,7 @@ fn chunked_prefill_at_an_offset_matches_reference() {
 /// probabilities of a long row stop summing to one and bf16 drifts far from f32.
 #[test]
 fn bf16_attention_over_a_long_context_tracks_f32() {
-    let config = Config::from_json(
-        r#"{"vocab_size": 64, "model_dim": 64, "head_dim": 16, "num_transformer_layers": 1,
-            "num_query_heads": [4], "num_kv_heads": [2], "ffn_multipliers": [1.0],
-            "ffn_dim_divisor": 16, "max_context_length": 2048}"#,
-    )
-    .unwrap();
+    let config = one_layer(64, 16, 2048);
     let dev = Device::Cpu;
     let tensors = elmroute_openelm::random_tensors(&config, DType::F32, &dev).unwrap();
     let bf16_tensors = tensors
@@ -289,12 +284,7 @@ fn bf16_attention_over_a_long_context_tracks_f32() {
 
 #[test]
 fn non_finite_logits_are_a_typed_error_not_garbage_text() {
-    let config = Config::from_json(
-        r#"{"vocab_size": 64, "model_dim": 32, "head_dim": 8, "num_transformer_layers": 1,
-            "num_query_heads": [4], "num_kv_heads": [2], "ffn_multipliers": [1.0],
-            "ffn_dim_divisor": 16, "max_context_length": 32}"#,
-    )
-    .unwrap();
+    let config = one_layer(32, 8, 32);
     let dev = Device::Cpu;
     let mut tensors = elmroute_openelm::random_tensors(&config, DType::F32, &dev).unwrap();
     let nan = Tensor::new(&[f32::NAN; 32], &dev).unwrap();
@@ -307,4 +297,14 @@ fn non_finite_logits_are_a_typed_error_not_garbage_text() {
         "{err:?}"
     );
     assert!(err.to_string().contains("bf16"), "{err}");
+}
+
+/// A one-layer config (4 query heads, 2 KV heads, vocab 64) for tests with random weights.
+fn one_layer(model_dim: usize, head_dim: usize, context: usize) -> Config {
+    Config::from_json(&format!(
+        r#"{{"vocab_size": 64, "model_dim": {model_dim}, "head_dim": {head_dim},
+            "num_transformer_layers": 1, "num_query_heads": [4], "num_kv_heads": [2],
+            "ffn_multipliers": [1.0], "ffn_dim_divisor": 16, "max_context_length": {context}}}"#
+    ))
+    .unwrap()
 }

@@ -400,41 +400,43 @@ impl Policy {
                 message,
             })
         };
-        if self.privacy.redact_above > self.privacy.bar {
-            return v(
+        // Pairs whose first value must not exceed the second.
+        let ordered = [
+            (
                 "privacy",
                 "redact_above",
                 "bar",
-                format!(
-                    "privacy.redact_above ({}) must not exceed privacy.bar ({})",
-                    self.privacy.redact_above.get(),
-                    self.privacy.bar.get()
-                ),
-            );
-        }
-        if self.battery.critical > self.battery.low {
-            return v(
+                self.privacy.redact_above,
+                self.privacy.bar,
+            ),
+            (
                 "battery",
                 "critical",
                 "low",
-                format!(
-                    "battery.critical ({}) must not exceed battery.low ({})",
-                    self.battery.critical.get(),
-                    self.battery.low.get()
-                ),
-            );
-        }
-        if self.thermal.fair > self.thermal.serious {
-            return v(
+                self.battery.critical,
+                self.battery.low,
+            ),
+            (
                 "thermal",
                 "fair",
                 "serious",
-                format!(
-                    "thermal.fair ({}) must not exceed thermal.serious ({})",
-                    self.thermal.fair.get(),
-                    self.thermal.serious.get()
-                ),
-            );
+                self.thermal.fair,
+                self.thermal.serious,
+            ),
+        ];
+        for (table, key, partner, value, limit) in ordered {
+            if value > limit {
+                return v(
+                    table,
+                    key,
+                    partner,
+                    format!(
+                        "{table}.{key} ({}) must not exceed {table}.{partner} ({})",
+                        value.get(),
+                        limit.get()
+                    ),
+                );
+            }
         }
         if !(1..=3600).contains(&self.network.cooldown_secs) {
             return v(
