@@ -98,6 +98,14 @@ pub trait Backend: Send + Sync + 'static {
         text.len().div_ceil(4)
     }
 
+    /// Checks cheaply whether the backend can be reached now, without spending tokens: a
+    /// remote provider opens a connection to its own host (never a third-party one). The
+    /// router calls it, when its policy allows, before it tries the cloud again after a
+    /// connection failure. The default says yes.
+    async fn probe(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Answers the request in one piece.
     async fn complete(&self, request: &ChatRequest) -> Result<Reply>;
 

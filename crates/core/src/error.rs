@@ -31,6 +31,7 @@ enum Kind {
         status: u16,
         message: String,
         retry_after: Option<Duration>,
+        code: Option<String>,
     },
     #[error("bad reply from the provider: {0}")]
     Protocol(String),
@@ -97,6 +98,23 @@ impl Error {
             status,
             message: message.into(),
             retry_after,
+            code: None,
+        })
+    }
+
+    /// Like [`status`](Error::status), also keeping the provider's machine-readable error
+    /// code (OpenAI's `error.code` or `error.type`, such as `"context_length_exceeded"`).
+    pub fn status_with_code(
+        status: u16,
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+        code: Option<String>,
+    ) -> Self {
+        Self::new(Kind::Status {
+            status,
+            message: message.into(),
+            retry_after,
+            code,
         })
     }
 
@@ -186,6 +204,68 @@ impl Error {
         matches!(self.kind, Kind::NotReady(_))
     }
 
+    /// Whether the provider refused the credentials (HTTP 401 or 403): retrying will not help,
+    /// fixing the API key will.
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Status {
+                status: 401 | 403,
+                ..
+            }
+        )
+    }
+
+    /// Whether the provider asked us to slow down (HTTP 429); see
+    /// [`retry_after`](Error::retry_after).
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self.kind, Kind::Status { status: 429, .. })
+    }
+
+    /// Whether the request was too long for the model: a local context overflow, or a
+    /// provider's refusal that says so (OpenAI's `context_length_exceeded` code, or a 400/413
+    /// whose message speaks of the context length, as vLLM, llama.cpp's server and TGI word it).
+    pub fn is_context_length(&self) -> bool {
+        match &self.kind {
+            Kind::ContextOverflow { .. } => true,
+            Kind::Status {
+                status,
+                message,
+                code,
+                ..
+            } => {
+                let code_says = code.as_deref().is_some_and(|c| {
+                    let c = c.to_ascii_lowercase();
+                    c.contains("context_length") || c.contains("context_size")
+                });
+                let message_says = matches!(status, 400 | 413 | 422) && {
+                    let m = message.to_ascii_lowercase();
+                    [
+                        "context length",
+                        "context window",
+                        "context size",
+                        "maximum context",
+                        "too many tokens",
+                        "input is too long",
+                        "prompt is too long",
+                    ]
+                    .iter()
+                    .any(|p| m.contains(p))
+                };
+                code_says || message_says
+            }
+            _ => false,
+        }
+    }
+
+    /// The provider's machine-readable error code, when it sent one.
+    pub fn provider_code(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Status { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The HTTP status, when the provider answered with one.
     pub fn http_status(&self) -> Option<u16> {
         match &self.kind {
@@ -234,6 +314,32 @@ mod tests {
         assert!(!Error::status(401, "key", None).is_retryable());
         assert!(Error::offline("dns").is_retryable());
         assert!(!Error::protocol("x").is_retryable());
+    }
+
+    #[test]
+    fn provider_refusals_answer_their_predicates() {
+        assert!(Error::status(401, "bad key", None).is_auth());
+        assert!(Error::status(403, "forbidden", None).is_auth());
+        assert!(!Error::status(429, "slow", None).is_auth());
+        assert!(Error::status(429, "slow", None).is_rate_limited());
+        assert!(!Error::status(503, "down", None).is_rate_limited());
+        let openai = Error::status_with_code(
+            400,
+            "too long",
+            None,
+            Some("context_length_exceeded".into()),
+        );
+        assert!(openai.is_context_length());
+        assert_eq!(openai.provider_code(), Some("context_length_exceeded"));
+        let vllm = Error::status(
+            400,
+            "This model's maximum context length is 2048 tokens. However, you requested 4000",
+            None,
+        );
+        assert!(vllm.is_context_length());
+        assert!(!Error::status(400, "temperature must be <= 2", None).is_context_length());
+        assert!(!Error::status(500, "maximum context length", None).is_context_length());
+        assert!(Error::context_overflow(10, 5).is_context_length());
     }
 
     #[test]
