@@ -35,6 +35,9 @@ pub struct RemoteView {
     pub cooling_down: bool,
     /// Why not, when not ready.
     pub not_ready_reason: String,
+    /// Set while the provider counts as out of reach after a connection failure: why. The
+    /// router also marks the network offline then.
+    pub unreachable: Option<String>,
 }
 
 /// Everything a decision depends on.
@@ -149,7 +152,9 @@ pub fn decide(policy: &Policy, inputs: &Inputs) -> Decision {
                     &mut refusals,
                     Target::Cloud,
                     Rule::Offline,
-                    "the network is offline".into(),
+                    r.unreachable
+                        .clone()
+                        .unwrap_or_else(|| "the network is offline".into()),
                 );
             } else if r.cooling_down {
                 rules.push(Rule::RemoteCoolingDown);

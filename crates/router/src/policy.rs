@@ -33,13 +33,28 @@
 //! cooldown_after = 3     # consecutive transient cloud failures before a cool-down (0: never)
 //! cooldown_secs = 30     # how long the router then leaves the cloud alone
 //!
+//! offline_recheck_secs = 15  # after a connect/DNS failure: the network counts as offline
+//! probe = true           # then a cheap connect to the provider's host decides when it is back
+//!
 //! [fallback]
 //! offline_to_local = true
 //! remote_error_to_local = true
 //! local_error_to_cloud = true
 //! mid_stream = true      # a broken stream continues on the other backend
+//!
+//! [remote]               # optional: an OpenAI-compatible provider for the cloud side
+//! base_url = "http://127.0.0.1:8000/v1"   # OpenAI, vLLM, Ollama, llama.cpp server, TGI...
+//! model = "Qwen/Qwen2.5-7B-Instruct"
+//! api_key_env = "OPENAI_API_KEY"  # the variable holding the key ("" for none)
+//! context_window = 32768
+//! connect_timeout_secs = 5
+//! first_byte_timeout_secs = 60
+//! idle_timeout_secs = 30
+//! total_timeout_secs = 300
+//! max_retries = 2        # before the first token only
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
@@ -91,6 +106,10 @@ bounded!(
 bounded!(
     /// The `auto` threshold: finite, -10..=10.
     Threshold, -10.0, 10.0, "a number from -10 to 10"
+);
+bounded!(
+    /// A timeout in seconds: finite, 0.001..=3600.
+    Seconds, 0.001, 3600.0, "seconds from 0.001 to 3600"
 );
 
 /// How much each signal counts in `auto` mode.
@@ -202,6 +221,13 @@ pub struct NetworkPolicy {
     /// How long a cool-down lasts, in seconds, 1..=3600. Default 30. A provider's
     /// `Retry-After` starts one of its own length at once.
     pub cooldown_secs: u32,
+    /// After the cloud could not be reached at all (connection refused, DNS failure), the
+    /// router treats the network as offline for this many seconds, 1..=3600, so the next
+    /// requests go to the device at once instead of each waiting on the network. Default 15.
+    pub offline_recheck_secs: u32,
+    /// When that time is up, check with the backend's cheap probe (a connection to the
+    /// provider's own host, no tokens) before sending a request there. Default true.
+    pub probe: bool,
 }
 
 impl Default for NetworkPolicy {
@@ -210,6 +236,8 @@ impl Default for NetworkPolicy {
             metered: Unit(0.5),
             cooldown_after: 3,
             cooldown_secs: 30,
+            offline_recheck_secs: 15,
+            probe: true,
         }
     }
 }
@@ -242,7 +270,7 @@ impl Default for FallbackPolicy {
 
 /// A routing policy. Build one with [`Policy::from_file`], [`Policy::from_toml`] or
 /// [`Policy::default`] (the `balanced` policy) and adjust fields in code if you like.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// The routing mode. Default `auto`.
@@ -266,6 +294,10 @@ pub struct Policy {
     pub network: NetworkPolicy,
     /// Allowed fallbacks.
     pub fallback: FallbackPolicy,
+    /// The cloud provider, when the file names one (the app may also hand the router a
+    /// backend of its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemotePolicy>,
 }
 
 impl Default for Policy {
@@ -280,7 +312,179 @@ impl Default for Policy {
             thermal: ThermalPolicy::default(),
             network: NetworkPolicy::default(),
             fallback: FallbackPolicy::default(),
+            remote: None,
         }
+    }
+}
+
+/// An OpenAI-compatible provider for the cloud side (`[remote]`). `base_url` and `model` are
+/// required; everything else has a default. Secrets never live in the file: the API key is
+/// read from the environment variable `api_key_env` names.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemotePolicy {
+    /// The provider's base URL, the part before `/chat/completions` (`http(s)://host/v1`).
+    pub base_url: BaseUrl,
+    /// The model id the provider serves.
+    pub model: ModelId,
+    /// The environment variable holding the API key. Default `OPENAI_API_KEY`; `""` sends no
+    /// key (local servers need none). An unset variable also sends none.
+    #[serde(default = "default_key_env")]
+    pub api_key_env: String,
+    /// Extra headers sent with every request (names and values shown in `Debug` as names only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The model's context window in tokens, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u32>,
+    /// The name shown in routes (default `openai:<model>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Opening a connection. Default 5.
+    #[serde(default = "default_connect")]
+    pub connect_timeout_secs: Seconds,
+    /// From sending to the first byte of the answer. Default 60.
+    #[serde(default = "default_first_byte")]
+    pub first_byte_timeout_secs: Seconds,
+    /// The longest silence inside a stream. Default 30.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_secs: Seconds,
+    /// The whole call, retries included. Default 300.
+    #[serde(default = "default_total")]
+    pub total_timeout_secs: Seconds,
+    /// Retries before the first token, 0..=10. Default 2.
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// Ask streams for a final usage chunk (`stream_options.include_usage`). Default true;
+    /// turn off for servers that reject the field.
+    #[serde(default = "default_true")]
+    pub stream_usage: bool,
+}
+
+fn default_key_env() -> String {
+    "OPENAI_API_KEY".into()
+}
+fn default_connect() -> Seconds {
+    Seconds(5.0)
+}
+fn default_first_byte() -> Seconds {
+    Seconds(60.0)
+}
+fn default_idle() -> Seconds {
+    Seconds(30.0)
+}
+fn default_total() -> Seconds {
+    Seconds(300.0)
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_true() -> bool {
+    true
+}
+
+impl RemotePolicy {
+    /// A provider at `base_url` serving `model`, every other key at its default.
+    pub fn new(base_url: BaseUrl, model: ModelId) -> Self {
+        Self {
+            base_url,
+            model,
+            api_key_env: default_key_env(),
+            headers: BTreeMap::new(),
+            context_window: None,
+            name: None,
+            connect_timeout_secs: default_connect(),
+            first_byte_timeout_secs: default_first_byte(),
+            idle_timeout_secs: default_idle(),
+            total_timeout_secs: default_total(),
+            max_retries: default_retries(),
+            stream_usage: true,
+        }
+    }
+}
+
+impl fmt::Debug for RemotePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header_names: Vec<&str> = self.headers.keys().map(String::as_str).collect();
+        f.debug_struct("RemotePolicy")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key_env", &self.api_key_env)
+            .field("headers", &header_names)
+            .field("context_window", &self.context_window)
+            .field("name", &self.name)
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .field("first_byte_timeout_secs", &self.first_byte_timeout_secs)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("total_timeout_secs", &self.total_timeout_secs)
+            .field("max_retries", &self.max_retries)
+            .field("stream_usage", &self.stream_usage)
+            .finish()
+    }
+}
+
+/// An `http://` or `https://` URL with a host, checked as the file is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct BaseUrl(String);
+
+impl BaseUrl {
+    /// Checks the scheme and that a host follows it.
+    pub fn new(url: impl Into<String>) -> Result<Self, String> {
+        let url = url.into();
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"));
+        match rest {
+            Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => {
+                Ok(Self(url))
+            }
+            _ => Err(format!(
+                "expected an http:// or https:// URL with a host, such as \"http://127.0.0.1:8000/v1\", found {url:?}"
+            )),
+        }
+    }
+
+    /// The URL.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for BaseUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BaseUrl::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A model id: not empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ModelId(String);
+
+impl ModelId {
+    /// Checks the id is not blank.
+    pub fn new(id: impl Into<String>) -> Result<Self, String> {
+        let id = id.into();
+        if id.trim().is_empty() {
+            Err(
+                "expected the provider's model id, such as \"gpt-4o-mini\", found an empty string"
+                    .into(),
+            )
+        } else {
+            Ok(Self(id))
+        }
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ModelId::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -448,6 +652,39 @@ impl Policy {
                     self.network.cooldown_secs
                 ),
             );
+        }
+        if !(1..=3600).contains(&self.network.offline_recheck_secs) {
+            return v(
+                "network",
+                "offline_recheck_secs",
+                "offline_recheck_secs",
+                format!(
+                    "expected whole seconds from 1 to 3600, found {}",
+                    self.network.offline_recheck_secs
+                ),
+            );
+        }
+        if let Some(r) = &self.remote {
+            if r.max_retries > 10 {
+                return v(
+                    "remote",
+                    "max_retries",
+                    "max_retries",
+                    format!("expected 0 to 10 retries, found {}", r.max_retries),
+                );
+            }
+            if r.total_timeout_secs < r.first_byte_timeout_secs {
+                return v(
+                    "remote",
+                    "total_timeout_secs",
+                    "first_byte_timeout_secs",
+                    format!(
+                        "remote.total_timeout_secs ({}) must be at least remote.first_byte_timeout_secs ({})",
+                        r.total_timeout_secs.get(),
+                        r.first_byte_timeout_secs.get()
+                    ),
+                );
+            }
         }
         if self.thermal.local_forbidden_at < ThermalLevel::Serious {
             return v(

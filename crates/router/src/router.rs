@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use elmroute_core::{
     Backend, ChatRequest, Chunk, ChunkStream, Completion, DeviceSource, DeviceState, Error,
-    Fallback, FallbackKind, FinishReason, Message, NoRoute, Reply, Result, Route, Rule,
+    Fallback, FallbackKind, FinishReason, Message, Network, NoRoute, Reply, Result, Route, Rule,
     StreamEvent, Target, Usage,
 };
 use futures::{Stream, StreamExt};
@@ -50,6 +50,15 @@ struct Inner {
 struct RemoteHealth {
     failures: u32,
     cooling_until: Option<Instant>,
+    /// Why the last transient failure happened, for the cool-down's explanation.
+    last_failure: String,
+    /// Until when the provider counts as out of reach (connect or DNS failure): the network
+    /// is treated as offline, so requests go to the device without touching it.
+    unreachable_until: Option<Instant>,
+    /// What the connection failure said.
+    unreachable_reason: String,
+    /// A probe is in flight (one at a time).
+    probing: bool,
 }
 
 impl Inner {
@@ -61,12 +70,72 @@ impl Inner {
             .filter(|left| !left.is_zero())
     }
 
+    /// While the provider is out of reach: why, and for how much longer.
+    fn remote_unreachable(&self) -> Option<(String, Duration)> {
+        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let left = health
+            .unreachable_until?
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())?;
+        Some((health.unreachable_reason.clone(), left))
+    }
+
+    /// When the out-of-reach window has passed and the policy allows, asks the backend's
+    /// cheap probe whether the provider is back before any request goes there: success
+    /// clears the mark, failure renews it.
+    async fn probe_if_due(&self) {
+        let Some(remote) = self.remote.clone() else {
+            return;
+        };
+        {
+            let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            let due = health
+                .unreachable_until
+                .is_some_and(|until| until <= Instant::now());
+            if !due || health.probing {
+                return;
+            }
+            if !self.policy.network.probe {
+                health.unreachable_until = None;
+                return;
+            }
+            health.probing = true;
+        }
+        let outcome = remote.probe().await;
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        health.probing = false;
+        match outcome {
+            Ok(()) => {
+                tracing::info!("cloud provider reachable again");
+                health.unreachable_until = None;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cloud provider still out of reach");
+                health.unreachable_reason = e.to_string();
+                health.unreachable_until = Some(
+                    Instant::now()
+                        + Duration::from_secs(u64::from(self.policy.network.offline_recheck_secs)),
+                );
+            }
+        }
+    }
+
     fn record_remote(&self, outcome: std::result::Result<(), &Error>) {
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         match outcome {
             Ok(()) => *health = RemoteHealth::default(),
             Err(e) if e.is_retryable() => {
                 health.failures = health.failures.saturating_add(1);
+                health.last_failure = e.to_string();
+                if e.is_offline() {
+                    let secs = u64::from(self.policy.network.offline_recheck_secs);
+                    tracing::warn!(
+                        recheck_secs = secs,
+                        "cloud provider out of reach; treating the network as offline"
+                    );
+                    health.unreachable_reason = e.to_string();
+                    health.unreachable_until = Some(Instant::now() + Duration::from_secs(secs));
+                }
                 let n = &self.policy.network;
                 let mut until = None;
                 if n.cooldown_after > 0 && health.failures >= n.cooldown_after {
@@ -260,18 +329,39 @@ impl Router {
                 truncation_allowed: request.truncation == elmroute_core::Truncation::Left,
             }
         });
+        let mut device = device;
         let remote = inner.remote.as_ref().map(|b| {
             let availability = match inner.remote_cooling() {
                 Some(remaining) => elmroute_core::Availability::CoolingDown { remaining },
                 None => b.availability(),
             };
+            let cooling_down = matches!(
+                availability,
+                elmroute_core::Availability::CoolingDown { .. }
+            );
+            let not_ready_reason = if cooling_down {
+                let last = inner
+                    .health
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .last_failure
+                    .clone();
+                format!("{availability:?} after: {last}")
+            } else {
+                format!("{availability:?}")
+            };
+            let unreachable = inner.remote_unreachable().map(|(why, left)| {
+                device.network = Network::Offline;
+                format!(
+                    "the provider could not be reached ({why}); the network counts as offline for {} s more",
+                    left.as_secs().max(1)
+                )
+            });
             RemoteView {
                 ready: availability.is_ready(),
-                cooling_down: matches!(
-                    availability,
-                    elmroute_core::Availability::CoolingDown { .. }
-                ),
-                not_ready_reason: format!("{availability:?}"),
+                cooling_down,
+                not_ready_reason,
+                unreachable,
             }
         });
         let policy_mode = inner.policy.mode;
@@ -373,6 +463,7 @@ impl Router {
     /// serve it, or with the backend's error when it fails and the policy allows no fallback.
     pub async fn complete(&self, request: ChatRequest) -> Result<Completion> {
         let started = Instant::now();
+        self.inner.probe_if_due().await;
         let plan = self.plan(&request)?;
         let span = request_span(&plan.decision.route);
         async move {
@@ -439,6 +530,7 @@ impl Router {
     /// stream cancels the backend's work.
     pub async fn stream(&self, request: ChatRequest) -> Result<CompletionStream> {
         let started = Instant::now();
+        self.inner.probe_if_due().await;
         let plan = self.plan(&request)?;
         let span = request_span(&plan.decision.route);
         let mut route = plan.decision.route.clone();

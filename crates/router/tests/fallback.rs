@@ -150,7 +150,7 @@ async fn offline_only_policy_never_touches_the_network() {
 async fn repeated_cloud_failures_open_a_cool_down_and_success_closes_it() {
     let local = TestBackend::local("local answer");
     let remote = TestBackend::remote("cloud answer");
-    remote.set_script(Script::Fail(|| Error::offline("connection refused")));
+    remote.set_script(Script::Fail(|| Error::status(503, "overloaded", None)));
     let mut p = Policy::default();
     p.network.cooldown_after = 2;
     p.network.cooldown_secs = 3600;
@@ -174,6 +174,69 @@ async fn repeated_cloud_failures_open_a_cool_down_and_success_closes_it() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cooling down"), "{err}");
+    assert!(
+        err.to_string().contains("overloaded"),
+        "the last failure is named: {err}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_marks_the_network_offline_until_a_probe_succeeds() {
+    let local = TestBackend::local("local answer");
+    let remote = TestBackend::remote("cloud answer");
+    remote.set_script(Script::Fail(|| Error::offline("dns error: no such host")));
+    let mut p = Policy::default();
+    p.network.offline_recheck_secs = 1;
+    let r = router(p, &local, &remote);
+    // The first request pays for the failed connection and falls back.
+    let c = r.complete(ChatRequest::user(HARD)).await.unwrap();
+    assert_eq!(c.route.target, Target::Local);
+    assert_eq!(remote.calls(), 1);
+    // The next ones go local at once: the network counts as offline, with the reason.
+    let c = r.complete(ChatRequest::user(HARD)).await.unwrap();
+    assert_eq!(remote.calls(), 1);
+    assert!(c.route.fired(elmroute_core::Rule::Offline));
+    assert_eq!(
+        c.route.fallback.as_ref().map(|f| f.kind),
+        Some(FallbackKind::OfflineToLocal),
+        "routed around the cloud, not a failed call"
+    );
+    let why = c.route.explain();
+    assert!(
+        why.contains("could not be reached") && why.contains("no such host"),
+        "{why}"
+    );
+    // When the window has passed, a failing probe renews it without sending the request.
+    remote.set_probe_fails(true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let c = r.complete(ChatRequest::user(HARD)).await.unwrap();
+    assert_eq!((remote.probes(), remote.calls()), (1, 1));
+    assert_eq!(c.route.target, Target::Local);
+    // A successful probe clears it: the cloud is tried again.
+    remote.set_probe_fails(false);
+    remote.set_script(Script::Answer("cloud answer".into()));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let c = r.complete(ChatRequest::user(HARD)).await.unwrap();
+    assert_eq!((remote.probes(), remote.calls()), (2, 2));
+    assert_eq!(c.route.target, Target::Cloud);
+    assert_eq!(c.text, "cloud answer");
+}
+
+#[tokio::test]
+async fn without_probes_the_offline_mark_simply_expires() {
+    let local = TestBackend::local("local answer");
+    let remote = TestBackend::remote("cloud answer");
+    remote.set_script(Script::Fail(|| Error::offline("connection refused")));
+    let mut p = Policy::default();
+    p.network.offline_recheck_secs = 1;
+    p.network.probe = false;
+    let r = router(p, &local, &remote);
+    r.complete(ChatRequest::user(HARD)).await.unwrap();
+    remote.set_script(Script::Answer("cloud answer".into()));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let c = r.complete(ChatRequest::user(HARD)).await.unwrap();
+    assert_eq!(c.route.target, Target::Cloud);
+    assert_eq!(remote.probes(), 0);
 }
 
 #[tokio::test]

@@ -253,3 +253,56 @@ fn policies_built_in_code_are_validated_by_the_router_builder() {
         "{err}"
     );
 }
+
+#[test]
+fn a_remote_table_names_the_provider() {
+    let p = Policy::from_toml(
+        "[remote]\nbase_url = \"http://127.0.0.1:11434/v1\"\nmodel = \"llama3.2\"\napi_key_env = \"\"\ncontext_window = 8192\nidle_timeout_secs = 10\nheaders = { \"X-Title\" = \"elmroute\" }\n",
+        "test.toml",
+    )
+    .unwrap();
+    let r = p.remote.as_ref().unwrap();
+    assert_eq!(r.base_url.as_str(), "http://127.0.0.1:11434/v1");
+    assert_eq!(r.model.as_str(), "llama3.2");
+    assert_eq!(r.api_key_env, "");
+    assert_eq!(r.context_window, Some(8192));
+    assert_eq!(r.idle_timeout_secs.get(), 10.0);
+    assert_eq!(r.first_byte_timeout_secs.get(), 60.0, "default");
+    assert_eq!(r.max_retries, 2, "default");
+    assert_eq!(Policy::from_toml(&p.to_toml(), "again").unwrap(), p);
+    // Header values may be secrets: Debug shows names only.
+    assert!(!format!("{p:?}").contains("\"elmroute\""));
+    assert!(Policy::default().remote.is_none());
+}
+
+#[test]
+fn a_broken_remote_table_names_the_key() {
+    let (line, key, msg) = invalid("[remote]\nbase_url = \"localhost:8000\"\nmodel = \"m\"\n");
+    assert_eq!((line, key.as_deref()), (2, Some("remote.base_url")));
+    assert!(msg.contains("http:// or https://"), "{msg}");
+    let (_, key, msg) = invalid("[remote]\nbase_url = \"http://h/v1\"\nmodel = \"\"\n");
+    assert_eq!(key.as_deref(), Some("remote.model"));
+    assert!(msg.contains("model id"), "{msg}");
+    let (_, _, msg) = invalid("[remote]\nbase_url = \"http://h/v1\"\n");
+    assert!(msg.contains("missing field `model`"), "{msg}");
+    let (line, key, _) =
+        invalid("[remote]\nbase_url = \"http://h/v1\"\nmodel = \"m\"\napi_key = \"sk-x\"\n");
+    assert_eq!((line, key.as_deref()), (4, Some("remote.api_key")));
+    let (_, key, msg) =
+        invalid("[remote]\nbase_url = \"http://h/v1\"\nmodel = \"m\"\nidle_timeout_secs = 0\n");
+    assert_eq!(key.as_deref(), Some("remote.idle_timeout_secs"));
+    assert!(msg.contains("seconds"), "{msg}");
+    let (line, key, msg) = invalid(
+        "[remote]\nbase_url = \"http://h/v1\"\nmodel = \"m\"\nfirst_byte_timeout_secs = 600\ntotal_timeout_secs = 60\n",
+    );
+    assert_eq!(
+        (line, key.as_deref()),
+        (5, Some("remote.total_timeout_secs"))
+    );
+    assert!(msg.contains("at least"), "{msg}");
+    let (_, key, _) =
+        invalid("[remote]\nbase_url = \"http://h/v1\"\nmodel = \"m\"\nmax_retries = 50\n");
+    assert_eq!(key.as_deref(), Some("remote.max_retries"));
+    let (_, key, _) = invalid("[network]\noffline_recheck_secs = 0\n");
+    assert_eq!(key.as_deref(), Some("network.offline_recheck_secs"));
+}

@@ -49,7 +49,7 @@ prop_compose! {
                                     context_window: Some(2048), needed_tokens: needed,
                                     truncation_allowed: false }),
             remote: Some(RemoteView { ready: remote_ready && !cooling, cooling_down: cooling,
-                                      not_ready_reason: "down".into() }),
+                                      not_ready_reason: "down".into(), unreachable: None }),
         }
     }
 }

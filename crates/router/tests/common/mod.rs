@@ -31,6 +31,8 @@ struct State {
     context: Option<usize>,
     script: Script,
     received: Vec<ChatRequest>,
+    probe_fails: bool,
+    probes: usize,
 }
 
 impl TestBackend {
@@ -47,6 +49,8 @@ impl TestBackend {
                 },
                 script,
                 received: Vec::new(),
+                probe_fails: false,
+                probes: 0,
             })),
         }
     }
@@ -69,6 +73,16 @@ impl TestBackend {
 
     pub fn set_availability(&self, a: Availability) {
         self.inner.lock().unwrap().availability = a;
+    }
+
+    /// Makes `probe()` fail (the provider's host out of reach) or succeed.
+    pub fn set_probe_fails(&self, fails: bool) {
+        self.inner.lock().unwrap().probe_fails = fails;
+    }
+
+    /// How many times `probe()` was called.
+    pub fn probes(&self) -> usize {
+        self.inner.lock().unwrap().probes
     }
 
     pub fn set_script(&self, s: Script) {
@@ -122,6 +136,16 @@ impl Backend for TestBackend {
     fn availability(&self) -> Availability {
         self.inner.lock().unwrap().availability.clone()
     }
+    async fn probe(&self) -> Result<()> {
+        let mut st = self.inner.lock().unwrap();
+        st.probes += 1;
+        if st.probe_fails {
+            Err(Error::offline("probe: connection refused"))
+        } else {
+            Ok(())
+        }
+    }
+
     fn context_window(&self) -> Option<usize> {
         self.inner.lock().unwrap().context
     }
