@@ -56,6 +56,58 @@ pub mod openelm {
     pub use elmroute_openelm::*;
 }
 
+/// The cloud side: an OpenAI-compatible provider (feature `remote`, on by default).
+#[cfg(feature = "remote")]
+pub use elmroute_remote::{ConfigError, OpenAi, OpenAiConfig, RetryPolicy, Secret, Timeouts};
+
+/// Everything of the remote crate, including the SSE parser.
+#[cfg(feature = "remote")]
+pub mod remote {
+    pub use elmroute_remote::*;
+}
+
+/// The provider a policy's `[remote]` table names, or `None` when the policy names none.
+/// The API key comes from the environment variable the table's `api_key_env` names; an
+/// unset or empty variable sends no key (local servers need none).
+///
+/// ```
+/// let policy = elmroute::Policy::from_toml(
+///     "[remote]\nbase_url = \"http://127.0.0.1:8000/v1\"\nmodel = \"qwen2.5-7b\"\n",
+///     "inline.toml",
+/// )?;
+/// let cloud = elmroute::cloud_from_policy(&policy)?.expect("the policy names a provider");
+/// assert_eq!(elmroute::Backend::name(&cloud), "openai:qwen2.5-7b");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[cfg(feature = "remote")]
+pub fn cloud_from_policy(policy: &Policy) -> std::result::Result<Option<OpenAi>, ConfigError> {
+    let Some(r) = &policy.remote else {
+        return Ok(None);
+    };
+    let secs = |s: elmroute_router::policy::Seconds| std::time::Duration::from_secs_f32(s.get());
+    let mut config = OpenAiConfig::new(r.base_url.as_str(), r.model.as_str());
+    if !r.api_key_env.is_empty()
+        && let Ok(key) = std::env::var(&r.api_key_env)
+        && !key.trim().is_empty()
+    {
+        config = config.with_api_key(key.trim());
+    }
+    for (name, value) in &r.headers {
+        config = config.with_header(name, value.as_str());
+    }
+    config.timeouts = Timeouts {
+        connect: secs(r.connect_timeout_secs),
+        first_byte: secs(r.first_byte_timeout_secs),
+        idle: secs(r.idle_timeout_secs),
+        total: secs(r.total_timeout_secs),
+    };
+    config.retry.max_retries = r.max_retries;
+    config.context_window = r.context_window.map(|c| c as usize);
+    config.name = r.name.clone();
+    config.stream_usage = r.stream_usage;
+    OpenAi::new(config).map(Some)
+}
+
 /// The routing internals, for apps that want the signals or the decision alone.
 pub mod router {
     pub use elmroute_router::{decision, policy, redact, signals};
