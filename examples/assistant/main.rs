@@ -1,45 +1,86 @@
-//! The elmroute assistant.
-//!
-//! `--explain` prints where a prompt would be answered and why, as one JSON object, with no
-//! model and no network:
+//! The elmroute assistant: chat with a model that answers on this device or in the cloud,
+//! and see, under every answer, where it ran and why.
 //!
 //! ```text
-//! cargo run --release --example assistant -- --policy policies/balanced.toml --explain \
-//!     --battery 0.15 --thermal serious "Summarise my notes from today"
+//! # Try it with no download and no API key: a tiny random on-device model (noise answers).
+//! cargo run --release --example assistant -- --demo
+//! # The real OpenELM-270M-Instruct (from the Hugging Face cache, or downloaded), and a cloud:
+//! OPENAI_API_KEY=... cargo run --release --example assistant -- \
+//!     --remote-url https://api.openai.com/v1 --remote-model gpt-4o-mini
+//! # A local OpenAI-compatible server as the "cloud" (Ollama, vLLM, llama.cpp's server):
+//! cargo run --release --example assistant -- --model-dir models/OpenELM-270M-Instruct \
+//!     --remote-url http://127.0.0.1:11434/v1 --remote-model llama3.2
 //! ```
 //!
-//! `--explain-jsonl FILE` reads one JSON object per line (`{"prompt": "..."}`, with optional
-//! `"max_tokens"`, `"mode"` and `"sensitivity"`) and prints one decision per line.
+//! Scripts: `--prompt "..."` answers once (text on stdout, route badge on stderr); `--json`
+//! prints the completion and its route as one JSON object. `--explain` and `--explain-jsonl`
+//! print routing decisions without running any model.
 //!
-//! With `--model DIR` (an OpenELM checkpoint in Hugging Face layout with a `tokenizer.json`)
-//! and no `--explain`, it answers the prompt on the device, streaming the text to stdout and
-//! the route to stderr.
+//! Exit codes: 0 answered, 1 failed (a backend error, no model available), 2 bad input
+//! (flags, policy file, empty prompt), 3 no route (every backend refused the request).
 
-use std::io::{BufRead, Write};
+mod chat;
+mod explain;
+mod setup;
+
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::{Context, bail};
 use clap::Parser;
-use elmroute::{
-    Battery, ChatRequest, DeclaredBackend, DeviceState, LoadOptions, Mode, Network, OpenElm,
-    Policy, Route, Router, Sensitivity, StreamEvent, ThermalLevel,
-};
-use futures::StreamExt;
-use serde::Deserialize;
+use elmroute::{ChatRequest, ManualDevice, Mode, ThermalLevel};
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "assistant",
-    about = "elmroute's assistant: route prompts between OpenELM on this device and a cloud provider"
+    about = "elmroute's assistant: chat with OpenELM on this device or an OpenAI-compatible cloud, routed per request",
+    after_help = "Exit codes: 0 answered, 1 failed, 2 bad input, 3 no route."
 )]
-struct Args {
+/// The command line.
+pub struct Args {
     /// Policy file (TOML).
     #[arg(long, default_value = "policies/balanced.toml")]
     policy: PathBuf,
-    /// Print the routing decision for PROMPT as one JSON object; generate nothing.
+    /// An OpenELM model directory (config.json, model.safetensors or shards, tokenizer.json).
+    /// Wins over --model.
+    #[arg(long, value_name = "DIR")]
+    model_dir: Option<PathBuf>,
+    /// The model to find in the Hugging Face cache, or download.
+    #[arg(
+        long,
+        value_name = "HUB_ID",
+        default_value = "apple/OpenELM-270M-Instruct"
+    )]
+    model: String,
+    /// Where the tokenizer comes from when the model repository has none (OpenELM's have none).
+    #[arg(long, value_name = "HUB_ID", default_value = elmroute::openelm::hub::DEFAULT_TOKENIZER_REPO)]
+    tokenizer_repo: String,
+    /// Run with a tiny random-weight OpenELM and a project-made tokenizer: noise answers, real
+    /// routing, streaming and fallback, no download.
+    #[arg(long, conflicts_with = "model_dir")]
+    demo: bool,
+    /// The dtype the on-device model runs in: f32, bf16 or f16.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: elmroute::openelm::DType,
+    /// An OpenAI-compatible base URL for the cloud side (e.g. http://127.0.0.1:8000/v1).
+    /// Default: the policy's [remote] table; none means no cloud.
+    #[arg(long, value_name = "URL")]
+    remote_url: Option<String>,
+    /// The cloud model id (with --remote-url).
+    #[arg(long, value_name = "NAME")]
+    remote_model: Option<String>,
+    /// The environment variable holding the cloud API key (with --remote-url).
+    #[arg(long, value_name = "VAR", default_value = "OPENAI_API_KEY")]
+    remote_key_env: String,
+    /// Answer this prompt once and exit.
+    #[arg(long = "prompt", value_name = "TEXT")]
+    prompt_flag: Option<String>,
+    /// With a one-shot prompt: print the completion and its route as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Print the routing decision for the prompt as one JSON object; run nothing.
     #[arg(long)]
     explain: bool,
-    /// Print one decision per line of FILE (`{"prompt": "..."}` per line).
+    /// Print one decision per line of FILE (`{"prompt": "..."}` per line); run nothing.
     #[arg(long, value_name = "FILE")]
     explain_jsonl: Option<PathBuf>,
     /// Battery level, 0..=1 (default: no battery, mains power).
@@ -63,16 +104,10 @@ struct Args {
     /// Overrides the policy's mode.
     #[arg(long, value_parser = parse_mode)]
     mode: Option<Mode>,
-    /// Context window of the on-device model, in tokens (when no --model is given).
+    /// Context window assumed for the on-device model by --explain, in tokens.
     #[arg(long, default_value_t = 2048)]
     local_context: usize,
-    /// An OpenELM model directory (config.json, model.safetensors or shards, tokenizer.json).
-    #[arg(long, value_name = "DIR")]
-    model: Option<PathBuf>,
-    /// The dtype the model runs in: f32, bf16 or f16.
-    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
-    dtype: elmroute::openelm::DType,
-    /// Most tokens to generate.
+    /// Most tokens to generate (default 256; 48 with --demo).
     #[arg(long)]
     max_tokens: Option<u32>,
     /// Sampling temperature (0 is greedy).
@@ -81,9 +116,24 @@ struct Args {
     /// Sampling seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// The prompt.
+    /// The chat's history file (default ~/.elmroute_history).
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
+    /// The prompt (same as --prompt).
     prompt: Vec<String>,
 }
+
+/// Input the user has to fix: exit code 2.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
 
 fn parse_unit(s: &str) -> Result<f32, String> {
     let v: f32 = s
@@ -108,165 +158,101 @@ fn parse_dtype(s: &str) -> Result<elmroute::openelm::DType, String> {
     }
 }
 
-fn parse_mode(s: &str) -> Result<Mode, String> {
+/// A mode by its policy-file name.
+pub fn parse_mode(s: &str) -> Result<Mode, String> {
     Mode::ALL
         .into_iter()
         .find(|m| m.as_str() == s)
         .ok_or_else(|| format!("unknown mode `{s}`: expected auto, prefer_local, local_only, prefer_cloud or cloud_only"))
 }
 
-/// One line of `--explain-jsonl` input.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    prompt: String,
-    #[serde(default)]
-    max_tokens: Option<u32>,
-    #[serde(default)]
-    mode: Option<Mode>,
-    #[serde(default)]
-    sensitivity: Option<Sensitivity>,
-}
+async fn run(args: Args) -> anyhow::Result<()> {
+    let policy = setup::load_policy(&args.policy)?;
+    let device = ManualDevice::new(setup::device_state(&args));
+    let cloud = setup::cloud(&args, &policy)?;
+    let prompt = chat::prompt_of(&args)?;
 
-fn device(args: &Args) -> DeviceState {
-    DeviceState {
-        battery: args.battery.map(|level| Battery {
-            level,
-            charging: args.charging,
-        }),
-        low_power: args.low_power,
-        thermal: args.thermal,
-        network: if args.offline {
-            Network::Offline
-        } else if args.metered {
-            Network::Metered
-        } else {
-            Network::Online
-        },
+    if args.explain || args.explain_jsonl.is_some() {
+        let cloud_name = cloud
+            .as_ref()
+            .map(|c| elmroute::Backend::name(c).to_owned());
+        let router = explain::router(policy, &device, args.local_context, cloud_name)?;
+        if let Some(path) = &args.explain_jsonl {
+            explain::jsonl(&router, path, args.mode)?;
+            return Ok(());
+        }
+        let Some(prompt) = prompt else {
+            return Err(BadInput("--explain needs a PROMPT".into()).into());
+        };
+        let mut request = ChatRequest::user(prompt);
+        request.mode = args.mode;
+        request.max_tokens = args.max_tokens;
+        return explain::one(&router, &request);
+    }
+    if args.json && prompt.is_none() {
+        return Err(BadInput("--json needs a prompt (--prompt TEXT)".into()).into());
+    }
+
+    let local = setup::local_model(&args)?;
+    let cloud: Option<std::sync::Arc<dyn elmroute::Backend>> =
+        cloud.map(|c| std::sync::Arc::new(c) as _);
+    let router = setup::router(policy, &local.engine, cloud.as_ref(), &device)?;
+    let mut session = chat::Session {
+        policy_path: args.policy.clone(),
+        mode: args.mode,
+        args,
+        router,
+        device,
+        local,
+        cloud,
+        history: Vec::new(),
+        last_route: None,
+    };
+    match prompt {
+        None => session.repl().await,
+        Some(p) if session.args.json => {
+            let completion = session.complete(p).await?;
+            println!("{}", serde_json::to_string(&completion)?);
+            Ok(())
+        }
+        Some(p) => session.answer_once(p).await,
     }
 }
 
-fn explain_json(route: &Route) -> anyhow::Result<String> {
-    Ok(serde_json::to_string(route)?)
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<BadInput>().is_some() {
+            return 2;
+        }
+        if let Some(err) = cause.downcast_ref::<elmroute::Error>() {
+            if err.is_no_route() {
+                return 3;
+            }
+            if err.is_invalid_request() {
+                return 2;
+            }
+        }
+    }
+    1
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let policy = Policy::from_file(&args.policy)?;
-    // Without a model, declared backends: the decision needs to know what the device and the
-    // cloud could do, not to run them, so explain works with no model and no network.
-    let mut builder = Router::builder().policy(policy).device(device(&args));
-    let generating = args.model.is_some() && !args.explain && args.explain_jsonl.is_none();
-    match &args.model {
-        Some(dir) => {
-            eprintln!("loading {} ...", dir.display());
-            let started = std::time::Instant::now();
-            let engine = OpenElm::from_dir(dir, LoadOptions::default().with_dtype(args.dtype))
-                .with_context(|| format!("cannot load the model in {}", dir.display()))?;
-            eprintln!("loaded in {:.1} s", started.elapsed().as_secs_f32());
-            builder = builder.local(engine);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
         }
-        None => builder = builder.local(DeclaredBackend::local("openelm", args.local_context)),
-    }
-    if !generating {
-        builder = builder.remote(DeclaredBackend::remote("cloud"));
-    }
-    let router = builder.build()?;
-
-    if let Some(path) = &args.explain_jsonl {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
-        let mut failures = 0usize;
-        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line =
-                line.with_context(|| format!("{}: cannot read line {}", path.display(), i + 1))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let decided = serde_json::from_str::<Line>(&line)
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}:{}: expected {{\"prompt\": \"...\"}}: {e}",
-                        path.display(),
-                        i + 1
-                    )
-                })
-                .and_then(|l| {
-                    let mut req = ChatRequest::user(l.prompt);
-                    req.max_tokens = l.max_tokens;
-                    req.mode = l.mode.or(args.mode);
-                    req.sensitivity = l.sensitivity.unwrap_or_default();
-                    Ok(router.decide(&req)?)
-                });
-            match decided {
-                Ok(route) => writeln!(out, "{}", explain_json(&route)?)?,
-                Err(e) => {
-                    // Keep one output line per input line so outputs stay aligned.
-                    failures += 1;
-                    eprintln!("{e:#}");
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::json!({ "line": i + 1, "error": format!("{e:#}") })
-                    )?;
-                }
-            }
-        }
-        if failures > 0 {
-            eprintln!("{failures} line(s) could not be decided");
-        }
-        return Ok(());
-    }
-
-    let prompt = args.prompt.join(" ");
-    if prompt.trim().is_empty() {
-        bail!("give a PROMPT (or --explain-jsonl FILE); see --help");
-    }
-    let mut request = ChatRequest::user(prompt);
-    request.mode = args.mode;
-    request.max_tokens = args.max_tokens;
-    request.temperature = args.temperature;
-    request.seed = args.seed;
-    if args.explain {
-        let route = router.decide(&request)?;
-        println!("{}", explain_json(&route)?);
-        return Ok(());
-    }
-    if !generating {
-        let route = router.decide(&request)?;
-        println!("{}", route.explain());
-        bail!(
-            "nothing can answer: give --model DIR to answer on the device (no cloud provider is wired into this build yet), or --explain for the JSON decision"
-        );
-    }
-    let mut stream = router.stream(request).await?;
-    let stdout = std::io::stdout();
-    while let Some(event) = stream.next().await {
-        match event? {
-            StreamEvent::Delta(text) => {
-                let mut out = stdout.lock();
-                out.write_all(text.as_bytes())?;
-                out.flush()?;
-            }
-            StreamEvent::Done {
-                usage,
-                finish_reason,
-                route,
-                ..
-            } => {
-                println!();
-                eprintln!(
-                    "[{} tokens in, {} out, {:?}; {}]",
-                    usage.prompt_tokens,
-                    usage.completion_tokens,
-                    finish_reason,
-                    route.explain()
-                );
-            }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
         }
     }
-    Ok(())
 }

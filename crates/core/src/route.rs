@@ -264,6 +264,57 @@ impl Route {
         out
     }
 
+    /// The main reason for the route in one short phrase, for a status line: the fallback
+    /// when one happened, else the hard rule that kept the other backend out, else the mode,
+    /// else the score against the threshold. [`explain`](Route::explain) has everything.
+    pub fn reason(&self) -> String {
+        if let Some(fb) = &self.fallback {
+            return format!("fell back from {}: {}", fb.from, fb.reason);
+        }
+        if self.target == Target::None {
+            let why: Vec<String> = self
+                .refusals
+                .iter()
+                .map(|r| format!("{}: {}", r.target, r.reason))
+                .collect();
+            return format!("nothing may serve ({})", why.join("; "));
+        }
+        if let Some(r) = self
+            .refusals
+            .iter()
+            .find(|r| r.target == self.target.other())
+        {
+            return format!("{} refused: {}", r.target, r.reason);
+        }
+        if self.mode != Mode::Auto {
+            return format!("mode {}", self.mode);
+        }
+        let s = &self.scores;
+        let (name, value) = [
+            ("complexity", s.complexity),
+            ("battery", s.battery),
+            ("thermal", s.thermal),
+            ("capability", s.capability),
+        ]
+        .into_iter()
+        .fold(("complexity", f32::MIN), |best, x| {
+            if x.1 > best.1 { x } else { best }
+        });
+        let cmp = if s.total >= s.threshold { ">=" } else { "<" };
+        let mut out = format!(
+            "score {:.2} {cmp} threshold {:.2} ({name} {value:.2}",
+            s.total, s.threshold
+        );
+        if s.privacy > 0.0 {
+            out.push_str(&format!(", privacy {:.2}", s.privacy));
+        }
+        out.push(')');
+        if self.redactions > 0 {
+            out.push_str(&format!("; {} span(s) redacted", self.redactions));
+        }
+        out
+    }
+
     /// Whether a rule fired.
     pub fn fired(&self, rule: Rule) -> bool {
         self.rules.contains(&rule)
