@@ -122,7 +122,7 @@ fn assistant_answers_on_the_device_with_a_model() {
     let out = std::process::Command::new(bin)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
-            "--model",
+            "--model-dir",
             dir.path().to_str().unwrap(),
             "--max-tokens",
             "5",
@@ -136,7 +136,7 @@ fn assistant_answers_on_the_device_with_a_model() {
     assert!(out.status.success(), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
     assert!(
-        stderr.contains("5 out") && stderr.contains("local (mode auto)"),
+        stderr.contains("── local · ") && stderr.contains(" · 5 tokens"),
         "{stderr}"
     );
 }

@@ -51,6 +51,7 @@ fn badge(route: &Route, figures: &Figures) -> String {
         route.backend.as_deref().unwrap_or("?"),
         route.reason()
     );
+    out.push_str(&format!(" · {} tokens", figures.tokens));
     if let Some(tps) = figures.tokens_per_sec() {
         out.push_str(&format!(" · {tps:.1} tok/s"));
     }
