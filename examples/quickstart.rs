@@ -7,25 +7,14 @@ use futures::StreamExt;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let local = OpenElm::from_dir("models/OpenELM-270M-Instruct", LoadOptions::default())?;
+    let cloud = OpenAi::new(OpenAiConfig::from_env("gpt-4o-mini"))?;
     let router = Router::builder()
         .policy(Policy::from_file("policies/balanced.toml")?)
-        .local(OpenElm::from_dir(
-            "models/OpenELM-270M-Instruct",
-            LoadOptions::default(),
-        )?)
-        .remote(OpenAi::new(OpenAiConfig::from_env("gpt-4o-mini"))?)
+        .local(local)
+        .remote(cloud)
         .device(SystemDevice::new())
         .build()?;
-
-    let answer = router
-        .complete(ChatRequest::user("Name three colours"))
-        .await?;
-    println!(
-        "{}\n[{}: {}]",
-        answer.text,
-        answer.route.target,
-        answer.route.reason()
-    );
 
     let mut stream = router
         .stream(ChatRequest::user("Explain TCP slow start"))
@@ -33,7 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(event) = stream.next().await {
         match event? {
             StreamEvent::Delta(text) => print!("{text}"),
-            StreamEvent::Done { route, .. } => println!("\n[{}]", route.explain()),
+            StreamEvent::Done { route, .. } => println!("\n[{}]", route.reason()),
         }
     }
     Ok(())
