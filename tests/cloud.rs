@@ -250,3 +250,68 @@ fn a_policy_remote_table_builds_the_provider() {
             .is_none()
     );
 }
+
+/// A provider that streams `parts` and then drops the connection mid-answer.
+async fn dropping_provider(parts: &'static [&'static str]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        let _ = socket.read(&mut buf).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        let _ = socket.write_all(head.as_bytes()).await;
+        for part in parts {
+            let event =
+                format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{part}\"}}}}]}}\n\n");
+            let frame = format!("{:x}\r\n{event}\r\n", event.len());
+            let _ = socket.write_all(frame.as_bytes()).await;
+            let _ = socket.flush().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The network goes: the socket closes without the chunked terminator or [DONE].
+    });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_the_network_continues_on_the_device() {
+    let base = dropping_provider(&["The recurrence ", "unrolls to "]).await;
+    let device = Device::default();
+    let state = DeviceState::default();
+    let router = Router::builder()
+        .policy(Policy::default())
+        .local(device.clone())
+        .remote(cloud(base))
+        .device(state)
+        .build()
+        .unwrap();
+    let events: Vec<_> = router
+        .stream(ChatRequest::user(HARD))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let mut text = String::new();
+    let mut route = None;
+    for e in events {
+        match e.unwrap() {
+            StreamEvent::Delta(d) => text.push_str(&d),
+            StreamEvent::Done { route: r, .. } => route = Some(r),
+        }
+    }
+    let route = route.expect("the stream finished with a route");
+    assert!(text.starts_with("The recurrence unrolls to "), "{text}");
+    assert!(
+        text.ends_with("device answer"),
+        "the device continued: {text}"
+    );
+    assert_eq!(route.target, Target::Local);
+    let fallback = route.fallback.as_ref().unwrap();
+    assert_eq!(fallback.kind, FallbackKind::MidStream);
+    assert_eq!(fallback.from, Target::Cloud);
+    assert_eq!(device.0.load(Ordering::SeqCst), 1);
+}
