@@ -59,6 +59,9 @@ struct Inner {
     url: Url,
     headers: HeaderMap,
     name: String,
+    /// Set when the provider is known to need a key and none is configured: the router is
+    /// told at once instead of each request collecting a 401.
+    missing_key: Option<String>,
 }
 
 impl std::fmt::Debug for OpenAi {
@@ -121,6 +124,15 @@ impl OpenAi {
             .name
             .clone()
             .unwrap_or_else(|| format!("openai:{}", config.model()));
+        let needs_key = url
+            .host_str()
+            .is_some_and(|h| h == "api.openai.com" || h.ends_with(".openai.azure.com"));
+        let missing_key = (needs_key && !config.has_api_key()).then(|| {
+            format!(
+                "{} needs an API key and none is configured (set OPENAI_API_KEY, or the policy's remote.api_key_env)",
+                url.host_str().unwrap_or_default()
+            )
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -128,6 +140,7 @@ impl OpenAi {
                 url,
                 headers,
                 name,
+                missing_key,
             }),
         })
     }
@@ -550,7 +563,12 @@ impl Backend for OpenAi {
     }
 
     fn availability(&self) -> Availability {
-        Availability::Ready
+        match &self.inner.missing_key {
+            Some(reason) => Availability::Failed {
+                reason: reason.clone(),
+            },
+            None => Availability::Ready,
+        }
     }
 
     fn context_window(&self) -> Option<usize> {
@@ -849,6 +867,32 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(msg.contains("overloaded") && msg.contains("busy"), "{msg}");
+    }
+
+    #[test]
+    fn a_provider_that_needs_a_key_reports_its_absence() {
+        let keyless = OpenAi::new(crate::OpenAiConfig::new(
+            "https://api.openai.com/v1",
+            "gpt-4o-mini",
+        ))
+        .unwrap();
+        match keyless.availability() {
+            Availability::Failed { reason } => {
+                assert!(reason.contains("OPENAI_API_KEY"), "{reason}")
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        let keyed = OpenAi::new(
+            crate::OpenAiConfig::new("https://api.openai.com/v1", "gpt-4o-mini")
+                .with_api_key("sk-x"),
+        )
+        .unwrap();
+        assert_eq!(keyed.availability(), Availability::Ready);
+        assert_eq!(
+            provider().availability(),
+            Availability::Ready,
+            "local servers need no key"
+        );
     }
 
     #[test]
