@@ -40,7 +40,7 @@ impl std::fmt::Debug for Restorer {
     }
 }
 
-const LABELS: &str = "SECRET|CARD|IBAN|ID|EMAIL|PHONE|ADDRESS|IP";
+const LABELS: &str = "SECRET|CARD|IBAN|ID|EMAIL|PHONE|ADDRESS|IP|MAC|DOB|PRIVATE";
 
 /// `[LABEL_n]` and the forms models turn it into: any case, a space for the underscore, or
 /// no brackets (then only with the underscore, so "user ID 1" stays as it is).
@@ -241,8 +241,10 @@ mod tests {
     #[test]
     fn overlapping_findings_leave_no_private_byte_behind() {
         let req = ChatRequest::user("abc 0123456789 xyz");
-        let f = |start, end, kind| Finding {
+        let f = |start, end, kind: PiiKind| Finding {
             kind,
+            topic: None,
+            weight: kind.weight(),
             message: 0,
             start,
             end,

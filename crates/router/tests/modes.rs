@@ -129,7 +129,7 @@ async fn offline_fallback_is_recorded_in_the_route() {
 async fn offline_fallback_can_be_switched_off() {
     let mut p = Policy::default();
     p.fallback.offline_to_local = false;
-    let case = setup(p, false, true);
+    let case = setup(p.clone(), false, true);
     let err = case
         .router
         .complete(ChatRequest::user(HARD))

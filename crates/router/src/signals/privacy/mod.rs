@@ -23,17 +23,27 @@
 //! are the meaning.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
-use elmroute_core::{ChatRequest, Role, Sensitivity};
-use regex::Regex;
+use elmroute_core::{CategoryCount, ChatRequest, Role, Sensitivity};
+use regex::{Regex, RegexSet, RegexSetBuilder};
 use serde::Serialize;
 
+use crate::policy::{CUSTOM_SIZE_LIMIT, PolicyError, PrivacyPolicy, compile_custom};
+
+mod dates;
 mod lexicon;
+mod network;
 mod numbers;
+mod topics;
 mod words;
 
+use dates::*;
 use lexicon::*;
+use network::*;
 use numbers::*;
+use topics::MORE_TERMS;
 use words::*;
+
+pub use topics::Topic;
 
 pub use numbers::{iban_ok, luhn_ok};
 
@@ -58,8 +68,17 @@ pub enum PiiKind {
     Phone,
     /// A street address.
     Address,
-    /// An IPv4 address (not loopback, unspecified or a netmask).
+    /// An IPv4 or IPv6 address of a host on the public internet (not loopback, private,
+    /// link-local, multicast or a network).
     IpAddress,
+    /// A hardware (MAC) address, `00:1A:2B:3C:4D:5E` or `00-1a-2b-3c-4d-5e`.
+    MacAddress,
+    /// A date given after a birth word ("born on", "DOB", "date de naissance", "дата
+    /// рождения").
+    DateOfBirth,
+    /// A match of the policy's custom pattern with this index (`[[privacy.patterns]]`) whose
+    /// category is not a built-in one.
+    Custom(u16),
     /// Health, sex, abuse, self-harm, legal, money or work matters spoken of in the first
     /// person.
     SensitiveTopic,
@@ -73,8 +92,9 @@ impl PiiKind {
         match self {
             PiiKind::Secret | PiiKind::Card | PiiKind::Iban | PiiKind::NationalId => 1.0,
             PiiKind::SensitiveTopic => 0.75,
-            PiiKind::Email | PiiKind::Phone | PiiKind::Address => 0.5,
-            PiiKind::IpAddress => 0.3,
+            PiiKind::Email | PiiKind::Phone | PiiKind::Address | PiiKind::DateOfBirth => 0.5,
+            PiiKind::Custom(_) => 0.5,
+            PiiKind::IpAddress | PiiKind::MacAddress => 0.3,
             PiiKind::TopicMention => 0.1,
         }
     }
@@ -95,9 +115,52 @@ impl PiiKind {
             PiiKind::Phone => "PHONE",
             PiiKind::Address => "ADDRESS",
             PiiKind::IpAddress => "IP",
+            PiiKind::MacAddress => "MAC",
+            PiiKind::DateOfBirth => "DOB",
+            PiiKind::Custom(_) => "PRIVATE",
             PiiKind::SensitiveTopic => "TOPIC",
             PiiKind::TopicMention => "MENTION",
         }
+    }
+
+    /// The category name of a built-in kind, as in routes and policies (`email`,
+    /// `national_id`). Topics are named by their [`Topic`] instead, and custom patterns by
+    /// their policy's category.
+    pub fn name(self) -> &'static str {
+        match self {
+            PiiKind::Secret => "secret",
+            PiiKind::Card => "card",
+            PiiKind::Iban => "iban",
+            PiiKind::NationalId => "national_id",
+            PiiKind::Email => "email",
+            PiiKind::Phone => "phone",
+            PiiKind::Address => "address",
+            PiiKind::IpAddress => "ip_address",
+            PiiKind::MacAddress => "mac_address",
+            PiiKind::DateOfBirth => "date_of_birth",
+            PiiKind::Custom(_) => "custom",
+            PiiKind::SensitiveTopic => "sensitive_topic",
+            PiiKind::TopicMention => "topic_mention",
+        }
+    }
+
+    /// The built-in redactable kind with this category name, if any: a custom pattern whose
+    /// category is `national_id` finds national ids.
+    pub fn from_name(name: &str) -> Option<PiiKind> {
+        [
+            PiiKind::Secret,
+            PiiKind::Card,
+            PiiKind::Iban,
+            PiiKind::NationalId,
+            PiiKind::Email,
+            PiiKind::Phone,
+            PiiKind::Address,
+            PiiKind::IpAddress,
+            PiiKind::MacAddress,
+            PiiKind::DateOfBirth,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
     }
 }
 
@@ -106,12 +169,17 @@ impl PiiKind {
 /// itself costs a request its cloud answer.
 pub const MENTION_CAP: f32 = 0.25;
 
-/// One finding: its kind and where it is. Never holds the text itself, so findings can be
-/// logged safely.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// One finding: its kind, category, weight and where it is. Never holds the text itself, so
+/// findings can be logged safely.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Finding {
     /// What was found.
     pub kind: PiiKind,
+    /// What a sensitive topic (or a mention of one) is about; `None` for other kinds.
+    pub topic: Option<Topic>,
+    /// How much it counts toward the score, 0..=1 (the kind's weight, or a custom
+    /// pattern's).
+    pub weight: f32,
     /// The index of the message in the request.
     pub message: usize,
     /// Byte offsets in that message.
@@ -130,6 +198,9 @@ pub struct PrivacyReport {
     pub residual: f32,
     /// Every finding, in message order then position.
     pub findings: Vec<Finding>,
+    /// Categories and counts of the findings that count as private (impersonal topic
+    /// mentions do not), sorted by name. What a route may carry: never a value.
+    pub categories: Vec<CategoryCount>,
 }
 
 impl PrivacyReport {
@@ -207,11 +278,20 @@ const STREET_AFTER_NUMBER: &str = r"(?x)
     )
 ";
 
-/// How many compiled detectors a fully built [`PrivacyDetector`] has: four regular
-/// expressions (keys and tokens, credential assignments, identifier cues, street names) and
-/// the topic dictionary. The scans for numbers and email addresses are hand-written and need
-/// no compiling.
-const DETECTORS: usize = 5;
+/// How many compiled detectors a fully built [`PrivacyDetector`] has: five regular
+/// expressions (keys and tokens, credential assignments, identifier cues, street names, dates
+/// after birth words) and the word dictionary. The scans for numbers, email, IPv6 and MAC
+/// addresses are hand-written and need no compiling.
+const DETECTORS: usize = 6;
+
+/// A policy's own pattern, compiled.
+#[derive(Debug, Clone)]
+struct CustomRule {
+    regex: Regex,
+    kind: PiiKind,
+    category: String,
+    weight: f32,
+}
 
 /// Finds private data in requests. Build once and share: construction compiles the
 /// expressions.
@@ -223,19 +303,26 @@ pub struct PrivacyDetector {
     assignment: Option<Regex>,
     id_tail: Option<Regex>,
     street: Option<Regex>,
-    /// Topics, credential keywords and identifier cues, found in one pass.
+    birth_tail: Option<Regex>,
+    /// Topics, credential keywords, identifier and birth cues, found in one pass.
     words: Option<AhoCorasick>,
     /// What each pattern of `words` is.
     roles: Vec<Roles>,
+    /// The topic terms `roles` point into: the built-in ones, then the policy's.
+    terms: Vec<Term>,
+    /// The policy's own patterns, and a set that finds which of them match in one pass.
+    custom: Vec<CustomRule>,
+    custom_set: Option<RegexSet>,
 }
 
-/// What a dictionary pattern is: a topic term, a credential keyword, an identifier cue (one
-/// text can be several: "passport number").
+/// What a dictionary pattern is: a topic term, a credential keyword, an identifier or birth
+/// cue (one text can be several: "passport number").
 #[derive(Debug, Clone, Copy, Default)]
 struct Roles {
     term: Option<usize>,
     keyword: bool,
     id_cue: bool,
+    birth_cue: bool,
 }
 
 /// A dictionary hit.
@@ -266,31 +353,109 @@ impl Default for PrivacyDetector {
 }
 
 impl PrivacyDetector {
-    /// The detector with every built-in kind.
+    /// The detector with every built-in kind and no policy additions.
     pub fn new() -> Self {
-        let mut patterns: Vec<&'static str> = Vec::new();
-        let mut roles: Vec<Roles> = Vec::new();
-        let mut add = |text: &'static str, role: &dyn Fn(&mut Roles)| {
-            let i = match patterns.iter().position(|p| p.eq_ignore_ascii_case(text)) {
-                Some(i) => i,
-                None => {
-                    patterns.push(text);
-                    roles.push(Roles::default());
-                    roles.len() - 1
+        Self::build(&[], Vec::new(), None)
+    }
+
+    /// The detector with every built-in kind plus the policy's extra topic words and custom
+    /// patterns (`[privacy.topics]`, `[[privacy.patterns]]`). Fails, naming the key, when a
+    /// pattern does not compile or its category is not a name.
+    pub fn with_policy(policy: &PrivacyPolicy) -> Result<Self, PolicyError> {
+        let mut custom = Vec::with_capacity(policy.patterns.len());
+        for (i, p) in policy.patterns.iter().enumerate() {
+            let key = |field: &str| format!("privacy.patterns[{i}].{field}");
+            let regex = compile_custom(&p.regex).map_err(|message| PolicyError::Inconsistent {
+                key: key("regex"),
+                message,
+            })?;
+            crate::policy::check_category(&p.category).map_err(|message| {
+                PolicyError::Inconsistent {
+                    key: key("category"),
+                    message,
                 }
-            };
-            if let Some(r) = roles.get_mut(i) {
-                role(r);
+            })?;
+            let kind = PiiKind::from_name(&p.category)
+                .unwrap_or(PiiKind::Custom(u16::try_from(i).unwrap_or(u16::MAX)));
+            custom.push(CustomRule {
+                regex,
+                kind,
+                category: p.category.clone(),
+                weight: p.weight.get(),
+            });
+        }
+        let set = if custom.is_empty() {
+            None
+        } else {
+            let set = RegexSetBuilder::new(custom.iter().map(|c| c.regex.as_str()))
+                .size_limit(CUSTOM_SIZE_LIMIT.saturating_mul(custom.len()))
+                .build()
+                .map_err(|e| PolicyError::Inconsistent {
+                    key: "privacy.patterns".into(),
+                    message: format!("the patterns together do not compile: {e}"),
+                })?;
+            Some(set)
+        };
+        let extra: Vec<(Topic, String)> = policy
+            .topics
+            .iter()
+            .flat_map(|(topic, words)| words.iter().map(move |w| (topic, w.trim().to_string())))
+            .filter(|(_, w)| !w.is_empty())
+            .collect();
+        Ok(Self::build(&extra, custom, set))
+    }
+
+    fn build(
+        extra: &[(Topic, String)],
+        custom: Vec<CustomRule>,
+        custom_set: Option<RegexSet>,
+    ) -> Self {
+        let mut patterns: Vec<String> = Vec::new();
+        let mut roles: Vec<Roles> = Vec::new();
+        let mut add = |text: &str, role: &dyn Fn(&mut Roles)| {
+            // Non-ASCII words are matched in their written case, their capitalised form and
+            // in capitals (the automaton folds ASCII case only).
+            let mut forms = vec![text.to_string()];
+            if !text.is_ascii() {
+                let lower = text.to_lowercase();
+                let mut chars = lower.chars();
+                let capital: String = chars
+                    .next()
+                    .map(|c| c.to_uppercase().chain(chars).collect())
+                    .unwrap_or_default();
+                forms.extend([lower, capital, text.to_uppercase()]);
+            }
+            for form in forms {
+                let i = match patterns.iter().position(|p| p.eq_ignore_ascii_case(&form)) {
+                    Some(i) => i,
+                    None => {
+                        patterns.push(form);
+                        roles.push(Roles::default());
+                        roles.len() - 1
+                    }
+                };
+                if let Some(r) = roles.get_mut(i) {
+                    role(r);
+                }
             }
         };
-        for (i, term) in TERMS.iter().enumerate() {
+        let mut terms: Vec<Term> = TERMS.iter().chain(MORE_TERMS).copied().collect();
+        for (i, term) in terms.iter().enumerate() {
             add(term.text, &|r| r.term = Some(i));
+        }
+        for (topic, word) in extra {
+            let i = terms.len();
+            terms.push(t("").on(*topic));
+            add(word, &|r| r.term = Some(i));
         }
         for k in KEYWORDS {
             add(k, &|r| r.keyword = true);
         }
         for c in ID_CUES {
             add(c, &|r| r.id_cue = true);
+        }
+        for c in BIRTH_CUES {
+            add(c, &|r| r.birth_cue = true);
         }
         let words = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
@@ -309,21 +474,42 @@ impl PrivacyDetector {
             assignment: regex("assignment", ASSIGNMENT_TAIL),
             id_tail: regex("id_tail", ID_TAIL),
             street: regex("street", STREET_AFTER_NUMBER),
+            birth_tail: regex("birth_tail", BIRTH_TAIL),
             words,
             roles,
+            terms,
+            custom,
+            custom_set,
         }
     }
 
-    /// How many compiled detectors are active (5 when all compiled: keys and tokens,
-    /// credential assignments, identifier cues, street names and the topic dictionary). The
-    /// scans for numbers (cards, IBANs, national ids, IPs, phones, house numbers) and email
-    /// addresses are plain code and always on.
+    /// The category name of a finding: the kind's name (`email`), the topic's (`health`,
+    /// also for impersonal mentions) or the custom pattern's.
+    pub fn category<'a>(&'a self, finding: &Finding) -> &'a str {
+        if let Some(topic) = finding.topic {
+            return topic.as_str();
+        }
+        match finding.kind {
+            PiiKind::Custom(i) => self
+                .custom
+                .get(usize::from(i))
+                .map_or("custom", |c| c.category.as_str()),
+            kind => kind.name(),
+        }
+    }
+
+    /// How many compiled detectors are active (6 when all compiled: keys and tokens,
+    /// credential assignments, identifier cues, street names, dates after birth words and the
+    /// word dictionary). The scans for numbers (cards, IBANs, national ids, IPv4, phones,
+    /// house numbers), email, IPv6 and MAC addresses are plain code and always on; a policy's
+    /// custom patterns are counted apart.
     pub fn detector_count(&self) -> usize {
         let compiled = [
             self.tokens.is_some(),
             self.assignment.is_some(),
             self.id_tail.is_some(),
             self.street.is_some(),
+            self.birth_tail.is_some(),
             self.words.is_some(),
         ];
         debug_assert_eq!(compiled.len(), DETECTORS);
@@ -333,10 +519,12 @@ impl PrivacyDetector {
     /// Scans every message of a request.
     pub fn scan(&self, request: &ChatRequest) -> PrivacyReport {
         let mut findings = Vec::new();
+        let mut sensitivity = request.sensitivity;
         for (i, m) in request.messages.iter().enumerate() {
             self.scan_message(i, &m.content, m.role == Role::User, &mut findings);
+            sensitivity = sensitivity.max(m.sensitivity);
         }
-        let label = |score: f32| match request.sensitivity {
+        let label = |score: f32| match sensitivity {
             Sensitivity::Confidential => 1.0,
             Sensitivity::Internal => score.max(0.5),
             Sensitivity::Public | Sensitivity::Unlabelled => score,
@@ -356,9 +544,10 @@ impl PrivacyDetector {
                 }
                 continue;
             }
-            keep *= 1.0 - f.kind.weight();
+            let w = f.weight.clamp(0.0, 1.0);
+            keep *= 1.0 - w;
             if !f.kind.redactable() {
-                keep_residual *= 1.0 - f.kind.weight();
+                keep_residual *= 1.0 - w;
             }
         }
         let distinct = i32::try_from(mentions.len()).unwrap_or(i32::MAX);
@@ -366,10 +555,23 @@ impl PrivacyDetector {
             (1.0 - (1.0 - PiiKind::TopicMention.weight()).powi(distinct)).min(MENTION_CAP);
         keep *= 1.0 - mention;
         keep_residual *= 1.0 - mention;
+        let mut categories: Vec<CategoryCount> = Vec::new();
+        for f in findings.iter().filter(|f| f.kind != PiiKind::TopicMention) {
+            let name = self.category(f);
+            match categories.iter_mut().find(|c| c.category == name) {
+                Some(c) => c.count += 1,
+                None => categories.push(CategoryCount {
+                    category: name.to_string(),
+                    count: 1,
+                }),
+            }
+        }
+        categories.sort_by(|a, b| a.category.cmp(&b.category));
         PrivacyReport {
             score: label(1.0 - keep).clamp(0.0, 1.0),
             residual: label(1.0 - keep_residual).clamp(0.0, 1.0),
             findings,
+            categories,
         }
     }
 
@@ -388,9 +590,12 @@ impl PrivacyDetector {
             message,
         };
         let hits = self.words(text);
+        self.custom(text, &mut sink);
         self.secrets(text, &hits, &mut sink);
+        self.births(text, &hits, &mut sink);
         self.id_cues(text, &hits, &mut sink);
         emails(text, &mut sink);
+        hex_addresses(text, &mut sink);
         self.numbers(text, &mut sink);
         self.topics(text, &hits, from_user, &mut sink);
         if let Some(mine) = out.get_mut(first..) {
@@ -409,14 +614,54 @@ impl PrivacyDetector {
             let Some(&roles) = self.roles.get(m.pattern().as_usize()) else {
                 continue;
             };
-            let (start, end) = (m.start(), m.end());
+            let (start, mut end) = (m.start(), m.end());
+            // A Russian stem takes its case ending ("долгами", "депрессию").
+            if roles
+                .term
+                .and_then(|i| self.terms.get(i))
+                .is_some_and(|t| t.has(STEM))
+            {
+                end = stem_end(text, end);
+            }
             let boundary_before = word_start(bytes, start)
                 || (roles.keyword && bytes.get(start.wrapping_sub(1)) == Some(&b'_'));
-            if boundary_before && word_end(bytes, end) {
+            if boundary_before && word_end(bytes, end) && !letters_around(text, start, end) {
                 hits.push(Hit { roles, start, end });
             }
         }
         hits
+    }
+
+    /// The policy's patterns: one pass of the set says which match, then only those run.
+    fn custom(&self, text: &str, sink: &mut Sink<'_>) {
+        let Some(set) = &self.custom_set else {
+            return;
+        };
+        for i in set.matches(text).iter() {
+            let Some(rule) = self.custom.get(i) else {
+                continue;
+            };
+            for m in rule.regex.find_iter(text) {
+                sink.claim_weighted(rule.kind, m.start(), m.end(), rule.weight);
+            }
+        }
+    }
+
+    /// A date after a birth word: "DOB 03/04/1985", "né le 12 mars 1985".
+    fn births(&self, text: &str, hits: &[Hit], sink: &mut Sink<'_>) {
+        let Some(re) = &self.birth_tail else {
+            return;
+        };
+        for hit in hits.iter().filter(|h| h.roles.birth_cue) {
+            let Some(tail) = text.get(hit.end..) else {
+                continue;
+            };
+            if let Some(d) = re.captures(tail).and_then(|c| c.name("d")) {
+                if birth_date_ok(d.as_str()) {
+                    sink.claim(PiiKind::DateOfBirth, hit.end + d.start(), hit.end + d.end());
+                }
+            }
+        }
     }
 
     fn secrets(&self, text: &str, hits: &[Hit], sink: &mut Sink<'_>) {
@@ -589,7 +834,7 @@ impl PrivacyDetector {
     fn topics(&self, text: &str, hits: &[Hit], from_user: bool, sink: &mut Sink<'_>) {
         let bytes = text.as_bytes();
         for hit in hits {
-            let Some(term) = hit.roles.term.and_then(|i| TERMS.get(i)) else {
+            let Some(term) = hit.roles.term.and_then(|i| self.terms.get(i)) else {
                 continue;
             };
             let start = hit.start;
@@ -631,7 +876,7 @@ impl PrivacyDetector {
             } else {
                 PiiKind::TopicMention
             };
-            sink.push(kind, start, end);
+            sink.push_topic(kind, term.topic, start, end);
         }
     }
 }
@@ -660,9 +905,31 @@ impl Sink<'_> {
         true
     }
 
-    fn push(&mut self, kind: PiiKind, start: usize, end: usize) {
+    /// Like [`claim`](Self::claim), with a weight of its own (a custom pattern's).
+    fn claim_weighted(&mut self, kind: PiiKind, start: usize, end: usize, weight: f32) -> bool {
+        if start >= end || self.taken(start, end) {
+            return false;
+        }
         self.out.push(Finding {
             kind,
+            topic: None,
+            weight,
+            message: self.message,
+            start,
+            end,
+        });
+        true
+    }
+
+    fn push(&mut self, kind: PiiKind, start: usize, end: usize) {
+        self.claim_weighted(kind, start, end, kind.weight());
+    }
+
+    fn push_topic(&mut self, kind: PiiKind, topic: Topic, start: usize, end: usize) {
+        self.out.push(Finding {
+            kind,
+            topic: Some(topic),
+            weight: kind.weight(),
             message: self.message,
             start,
             end,
@@ -1090,10 +1357,14 @@ const AMOUNT: u8 = 32;
 /// Personal exactly when a value (a word with four or more digits) follows ("DOB
 /// 03/04/1985", "account number is 31926819"), whoever's it is.
 const VALUE: u8 = 64;
+/// A stem: up to three more letters may follow (Russian case endings).
+const STEM: u8 = 128;
 
 #[derive(Debug, Clone, Copy)]
-struct Term {
+pub(super) struct Term {
     text: &'static str,
+    /// What the term is about.
+    topic: Topic,
     flags: u8,
     /// The topic does not count right after these words ("technical debt").
     not_after: &'static [&'static str],
@@ -1101,9 +1372,10 @@ struct Term {
     not_before: &'static [&'static str],
 }
 
-const fn t(text: &'static str) -> Term {
+pub(super) const fn t(text: &'static str) -> Term {
     Term {
         text,
+        topic: Topic::Health,
         flags: 0,
         not_after: &[],
         not_before: &[],
@@ -1111,7 +1383,11 @@ const fn t(text: &'static str) -> Term {
 }
 
 impl Term {
-    const fn with(self, flags: u8) -> Term {
+    pub(super) const fn on(self, topic: Topic) -> Term {
+        Term { topic, ..self }
+    }
+
+    pub(super) const fn with(self, flags: u8) -> Term {
         Term {
             flags: self.flags | flags,
             ..self
@@ -1132,7 +1408,7 @@ impl Term {
         }
     }
 
-    fn has(&self, flags: u8) -> bool {
+    const fn has(&self, flags: u8) -> bool {
         self.flags & flags != 0
     }
 }
@@ -1293,6 +1569,7 @@ const TERMS: &[Term] = &[
     t("no reason to live").with(QUIET),
     // abuse
     t("abuse")
+        .on(Topic::Legal)
         .not_after(&[
             "api",
             "notation",
@@ -1310,96 +1587,95 @@ const TERMS: &[Term] = &[
             "power",
         ])
         .not_before(&["of"]),
-    t("abused"),
-    t("abusive"),
-    t("assault").not_before(&["rifle", "rifles", "weapon", "weapons"]),
-    t("assaulted"),
-    t("sexual assault"),
-    t("rape"),
-    t("raped"),
-    t("molested"),
-    t("domestic violence"),
-    t("raped me").with(SELF),
-    t("abused me").with(SELF),
-    t("abuses me").with(SELF),
-    t("molested me").with(SELF),
-    t("hits me").with(AGENT),
-    t("hit me").with(AGENT),
-    t("beats me").with(AGENT),
-    t("beat me").with(AGENT),
-    t("beating me").with(AGENT),
-    t("hurts me").with(AGENT),
-    t("slapped me").with(AGENT),
-    t("punched me").with(AGENT),
-    t("kicked me").with(AGENT),
-    t("choked me").with(AGENT),
-    t("strangled me").with(AGENT),
-    t("threatened me").with(AGENT),
-    t("threatens me").with(AGENT),
-    t("stalking me").with(AGENT),
-    t("stalker"),
-    t("harassed"),
-    t("harassment"),
+    t("abused").on(Topic::Legal),
+    t("abusive").on(Topic::Legal),
+    t("assault")
+        .on(Topic::Legal)
+        .not_before(&["rifle", "rifles", "weapon", "weapons"]),
+    t("assaulted").on(Topic::Legal),
+    t("sexual assault").on(Topic::Legal),
+    t("rape").on(Topic::Legal),
+    t("raped").on(Topic::Legal),
+    t("molested").on(Topic::Legal),
+    t("domestic violence").on(Topic::Legal),
+    t("raped me").on(Topic::Legal).with(SELF),
+    t("abused me").on(Topic::Legal).with(SELF),
+    t("abuses me").on(Topic::Legal).with(SELF),
+    t("molested me").on(Topic::Legal).with(SELF),
+    t("hits me").on(Topic::Legal).with(AGENT),
+    t("hit me").on(Topic::Legal).with(AGENT),
+    t("beats me").on(Topic::Legal).with(AGENT),
+    t("beat me").on(Topic::Legal).with(AGENT),
+    t("beating me").on(Topic::Legal).with(AGENT),
+    t("hurts me").on(Topic::Legal).with(AGENT),
+    t("slapped me").on(Topic::Legal).with(AGENT),
+    t("punched me").on(Topic::Legal).with(AGENT),
+    t("kicked me").on(Topic::Legal).with(AGENT),
+    t("choked me").on(Topic::Legal).with(AGENT),
+    t("strangled me").on(Topic::Legal).with(AGENT),
+    t("threatened me").on(Topic::Legal).with(AGENT),
+    t("threatens me").on(Topic::Legal).with(AGENT),
+    t("stalking me").on(Topic::Legal).with(AGENT),
+    t("stalker").on(Topic::Legal),
+    t("harassed").on(Topic::Legal),
+    t("harassment").on(Topic::Legal),
     // legal and identity
-    t("arrested"),
-    t("criminal record"),
-    t("dui"),
-    t("dwi"),
-    t("drunk driving"),
-    t("parole"),
-    t("probation"),
-    t("felony"),
-    t("felon"),
-    t("misdemeanor"),
-    t("misdemeanour"),
-    t("convicted"),
-    t("conviction for"),
-    t("criminal conviction"),
-    t("prior conviction"),
-    t("previous conviction"),
-    t("deported"),
-    t("deportation"),
-    t("asylum"),
-    t("green card"),
-    t("visa status"),
-    t("immigration status"),
-    t("undocumented"),
-    t("illegal immigrant"),
-    t("overstayed"),
-    t("lawsuit"),
-    t("sued"),
-    t("restraining order"),
-    t("jail"),
-    t("prison"),
-    t("court date"),
-    t("charged with"),
-    t("plea deal"),
-    t("divorce"),
-    t("custody battle"),
-    t("child custody"),
-    t("custody of"),
-    t("child support"),
-    t("alimony"),
-    t("passport number").with(VALUE),
-    t("social security"),
-    t("date of birth").with(VALUE),
-    t("dob").with(VALUE | QUIET),
-    t("born on").with(QUIET),
+    t("arrested").on(Topic::Legal),
+    t("criminal record").on(Topic::Legal),
+    t("dui").on(Topic::Legal),
+    t("dwi").on(Topic::Legal),
+    t("drunk driving").on(Topic::Legal),
+    t("parole").on(Topic::Legal),
+    t("probation").on(Topic::Legal),
+    t("felony").on(Topic::Legal),
+    t("felon").on(Topic::Legal),
+    t("misdemeanor").on(Topic::Legal),
+    t("misdemeanour").on(Topic::Legal),
+    t("convicted").on(Topic::Legal),
+    t("conviction for").on(Topic::Legal),
+    t("criminal conviction").on(Topic::Legal),
+    t("prior conviction").on(Topic::Legal),
+    t("previous conviction").on(Topic::Legal),
+    t("deported").on(Topic::Legal),
+    t("deportation").on(Topic::Legal),
+    t("asylum").on(Topic::Legal),
+    t("green card").on(Topic::Legal),
+    t("visa status").on(Topic::Legal),
+    t("immigration status").on(Topic::Legal),
+    t("undocumented").on(Topic::Legal),
+    t("illegal immigrant").on(Topic::Legal),
+    t("overstayed").on(Topic::Legal),
+    t("lawsuit").on(Topic::Legal),
+    t("sued").on(Topic::Legal),
+    t("restraining order").on(Topic::Legal),
+    t("jail").on(Topic::Legal),
+    t("prison").on(Topic::Legal),
+    t("court date").on(Topic::Legal),
+    t("charged with").on(Topic::Legal),
+    t("plea deal").on(Topic::Legal),
+    t("divorce").on(Topic::Legal),
+    t("custody battle").on(Topic::Legal),
+    t("child custody").on(Topic::Legal),
+    t("custody of").on(Topic::Legal),
+    t("child support").on(Topic::Legal),
+    t("alimony").on(Topic::Legal),
+    t("passport number").on(Topic::Legal).with(VALUE),
+    t("social security").on(Topic::Legal),
     // money
-    t("salary"),
-    t("my income").with(SELF),
-    t("income").with(QUIET).not_before(&[
+    t("salary").on(Topic::Finances),
+    t("my income").on(Topic::Finances).with(SELF),
+    t("income").on(Topic::Finances).with(QUIET).not_before(&[
         "statement",
         "statements",
         "inequality",
         "distribution",
         "tax",
     ]),
-    t("bank account"),
-    t("account number").with(VALUE),
-    t("credit score"),
-    t("credit card debt"),
-    t("debt").not_after(&[
+    t("bank account").on(Topic::Finances),
+    t("account number").on(Topic::Finances).with(VALUE),
+    t("credit score").on(Topic::Finances),
+    t("credit card debt").on(Topic::Finances),
+    t("debt").on(Topic::Finances).not_after(&[
         "technical",
         "tech",
         "design",
@@ -1413,43 +1689,43 @@ const TERMS: &[Term] = &[
         "architectural",
         "architecture",
     ]),
-    t("in debt"),
-    t("loan"),
-    t("payday loan"),
-    t("mortgage"),
-    t("bankrupt"),
-    t("bankruptcy"),
-    t("foreclosure"),
-    t("evicted"),
-    t("eviction"),
-    t("tax return"),
-    t("net worth"),
-    t("overdraft"),
-    t("owe").with(AMOUNT),
-    t("behind on rent"),
-    t("pin code").with(VALUE),
-    t("routing number").with(VALUE),
-    t("sort code").with(VALUE),
+    t("in debt").on(Topic::Finances),
+    t("loan").on(Topic::Finances),
+    t("payday loan").on(Topic::Finances),
+    t("mortgage").on(Topic::Finances),
+    t("bankrupt").on(Topic::Finances),
+    t("bankruptcy").on(Topic::Finances),
+    t("foreclosure").on(Topic::Finances),
+    t("evicted").on(Topic::Finances),
+    t("eviction").on(Topic::Finances),
+    t("tax return").on(Topic::Finances),
+    t("net worth").on(Topic::Finances),
+    t("overdraft").on(Topic::Finances),
+    t("owe").on(Topic::Finances).with(AMOUNT),
+    t("behind on rent").on(Topic::Finances),
+    t("pin code").on(Topic::Finances).with(VALUE),
+    t("routing number").on(Topic::Finances).with(VALUE),
+    t("sort code").on(Topic::Finances).with(VALUE),
     // work
-    t("got fired").not_before(&["up"]),
-    t("was fired"),
-    t("been fired"),
-    t("get fired"),
-    t("getting fired"),
-    t("fired me").with(SELF),
-    t("fired from"),
-    t("laid off"),
-    t("lost my job").with(SELF),
-    t("unemployed"),
-    t("disciplinary"),
-    t("performance improvement plan"),
+    t("got fired").on(Topic::Work).not_before(&["up"]),
+    t("was fired").on(Topic::Work),
+    t("been fired").on(Topic::Work),
+    t("get fired").on(Topic::Work),
+    t("getting fired").on(Topic::Work),
+    t("fired me").on(Topic::Work).with(SELF),
+    t("fired from").on(Topic::Work),
+    t("laid off").on(Topic::Work),
+    t("lost my job").on(Topic::Work).with(SELF),
+    t("unemployed").on(Topic::Work),
+    t("disciplinary").on(Topic::Work),
+    t("performance improvement plan").on(Topic::Work),
     // intimate and beliefs
-    t("sexual orientation"),
-    t("gay"),
-    t("lesbian"),
-    t("bisexual"),
-    t("transgender"),
-    t("trans").with(QUIET).not_before(&[
+    t("sexual orientation").on(Topic::Sexuality),
+    t("gay").on(Topic::Sexuality),
+    t("lesbian").on(Topic::Sexuality),
+    t("bisexual").on(Topic::Sexuality),
+    t("transgender").on(Topic::Sexuality),
+    t("trans").on(Topic::Sexuality).with(QUIET).not_before(&[
         "fat",
         "fats",
         "atlantic",
@@ -1462,14 +1738,14 @@ const TERMS: &[Term] = &[
         "configuration",
         "am",
     ]),
-    t("student loan"),
-    t("come out as"),
-    t("come out to"),
-    t("came out as"),
-    t("came out to"),
-    t("coming out as"),
-    t("coming out to"),
-    t("affair").not_after(&[
+    t("student loan").on(Topic::Finances),
+    t("come out as").on(Topic::Sexuality),
+    t("come out to").on(Topic::Sexuality),
+    t("came out as").on(Topic::Sexuality),
+    t("came out to").on(Topic::Sexuality),
+    t("coming out as").on(Topic::Sexuality),
+    t("coming out to").on(Topic::Sexuality),
+    t("affair").on(Topic::Sexuality).not_after(&[
         "current",
         "foreign",
         "world",
@@ -1497,33 +1773,33 @@ const TERMS: &[Term] = &[
         "urban",
         "civil",
     ]),
-    t("cheating on"),
-    t("cheated on"),
-    t("sex life"),
-    t("virginity"),
-    t("religion"),
-    t("religious beliefs"),
-    t("my faith").with(SELF),
-    t("political views"),
-    t("union member"),
+    t("cheating on").on(Topic::Sexuality),
+    t("cheated on").on(Topic::Sexuality),
+    t("sex life").on(Topic::Sexuality),
+    t("virginity").on(Topic::Sexuality),
+    t("religion").on(Topic::Religion),
+    t("religious beliefs").on(Topic::Religion),
+    t("my faith").on(Topic::Religion).with(SELF),
+    t("political views").on(Topic::Religion),
+    t("union member").on(Topic::Religion),
     // a few other languages
     t("krebs"),
     t("schwanger"),
-    t("scheidung"),
-    t("schulden"),
+    t("scheidung").on(Topic::Legal),
+    t("schulden").on(Topic::Finances),
     t("selbstmord"),
     t("suizid"),
     t("enceinte"),
     t("dépression"),
     t("avortement"),
-    t("dettes"),
+    t("dettes").on(Topic::Finances),
     t("embarazada"),
     t("cáncer"),
     t("depresión"),
     t("ansiedad"),
     t("aborto"),
-    t("divorcio"),
-    t("deudas"),
+    t("divorcio").on(Topic::Legal),
+    t("deudas").on(Topic::Finances),
     t("suicidarme").with(SELF),
     t("me diagnosticaron").with(SELF),
     t("diagnosticado"),

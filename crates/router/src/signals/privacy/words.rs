@@ -195,3 +195,25 @@ pub(super) fn glued_to_code(bytes: &[u8], end: usize) -> bool {
         Some(b':' | b'.' | b'<' | b'_' | b'(' | b'/')
     ) && bytes.get(end + 1).is_some_and(|b| !b.is_ascii_whitespace())
 }
+
+/// The end of a stem's word: up to three more letters after `end` (a case ending).
+pub(super) fn stem_end(text: &str, end: usize) -> usize {
+    let mut e = end;
+    for (n, c) in text.get(end..).unwrap_or("").chars().enumerate() {
+        if n >= 3 || !c.is_alphabetic() {
+            break;
+        }
+        e += c.len_utf8();
+    }
+    e
+}
+
+/// Whether a non-ASCII letter touches `start..end`: a word of another script is not cut out
+/// of a longer one ("рак" is not in "ракета"). ASCII neighbours are judged by
+/// [`word_start`] and [`word_end`].
+pub(super) fn letters_around(text: &str, start: usize, end: usize) -> bool {
+    let foreign_letter = |c: char| !c.is_ascii() && c.is_alphabetic();
+    let before = text.get(..start).and_then(|h| h.chars().next_back());
+    let after = text.get(end..).and_then(|t| t.chars().next());
+    before.is_some_and(foreign_letter) || after.is_some_and(foreign_letter)
+}

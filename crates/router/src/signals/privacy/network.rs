@@ -1,0 +1,105 @@
+//! Network identifiers written in hex: IPv6 addresses of public hosts and hardware (MAC)
+//! addresses. One pass over the colons and dashes of the text, each candidate validated by
+//! parsing.
+
+use std::net::Ipv6Addr;
+
+use super::{PiiKind, Sink};
+
+fn hexish(b: u8) -> bool {
+    b.is_ascii_hexdigit() || b == b':' || b == b'-'
+}
+
+/// Finds IPv6 and MAC addresses. Each `:` or `-` grows to the run of hex digits and
+/// separators around it; the run is tried as a MAC address, then as an IPv6 address.
+pub(super) fn hex_addresses(text: &str, sink: &mut Sink<'_>) {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(k) = bytes
+        .get(i..)
+        .and_then(|rest| rest.iter().position(|b| *b == b':' || *b == b'-'))
+    {
+        let at = i + k;
+        let mut s = at;
+        while s > 0 && bytes.get(s - 1).copied().is_some_and(hexish) {
+            s -= 1;
+        }
+        let mut e = at;
+        while bytes.get(e).copied().is_some_and(hexish) {
+            e += 1;
+        }
+        i = e.max(at + 1);
+        // Separators at the edges are punctuation ("MAC: 00:1a:...").
+        let trim = |b: &u8| *b == b'-' || (*b == b':');
+        while s < e && bytes.get(s).is_some_and(trim) && bytes.get(s + 1) != Some(&b':') {
+            s += 1;
+        }
+        while e > s
+            && bytes.get(e - 1).is_some_and(trim)
+            && bytes.get(e.wrapping_sub(2)) != Some(&b':')
+        {
+            e -= 1;
+        }
+        if e - s < 7 {
+            continue;
+        }
+        let before = s.checked_sub(1).and_then(|p| bytes.get(p)).copied();
+        let after = bytes.get(e).copied();
+        let glued = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if glued(before)
+            || glued(after)
+            || after == Some(b'.') && bytes.get(e + 1).is_some_and(u8::is_ascii_digit)
+        {
+            continue;
+        }
+        let Some(candidate) = text.get(s..e) else {
+            continue;
+        };
+        if mac_ok(candidate) {
+            sink.claim(PiiKind::MacAddress, s, e);
+        } else if ipv6_public(candidate) {
+            sink.claim(PiiKind::IpAddress, s, e);
+        }
+    }
+}
+
+/// Six pairs of hex digits joined by the same separator, not all zero or all `ff`; with
+/// dashes, at least one letter (six dashed pairs of decimal digits are more often a code).
+fn mac_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 17 {
+        return false;
+    }
+    let Some(&sep) = b.get(2) else {
+        return false;
+    };
+    if sep != b':' && sep != b'-' {
+        return false;
+    }
+    let shape = b.iter().enumerate().all(|(i, c)| {
+        if i % 3 == 2 {
+            *c == sep
+        } else {
+            c.is_ascii_hexdigit()
+        }
+    });
+    let digits: Vec<u8> = b.iter().copied().filter(u8::is_ascii_hexdigit).collect();
+    let all = |d: u8| digits.iter().all(|c| c.to_ascii_lowercase() == d);
+    shape && !all(b'0') && !all(b'f') && (sep == b':' || digits.iter().any(u8::is_ascii_alphabetic))
+}
+
+/// A global unicast IPv6 address (2000::/3): loopback, unspecified, link-local, unique
+/// local and multicast addresses identify no host on the internet, and `a::b` in code is no
+/// address at all.
+fn ipv6_public(s: &str) -> bool {
+    if s.matches(':').count() < 2 || s.contains('-') {
+        return false;
+    }
+    match s.parse::<Ipv6Addr>() {
+        Ok(ip) => {
+            let first = ip.segments().first().copied().unwrap_or(0);
+            (0x2000..0x4000).contains(&first)
+        }
+        Err(_) => false,
+    }
+}
