@@ -248,7 +248,8 @@ const ASSIGNMENT_TAIL: &str = r#"(?x)
     ["']?
     (?P<sep>[\t\x20]+(?i:is|was|are|ist|est|es|è|é|lautet)[\t\x20]*:?[\t\x20]+
         |[\t\x20]*(?::=|=>|->|=|:)[\t\x20]*
-        |['’]s[\t\x20]+)
+        |['’]s[\t\x20]+
+        |[\t\x20]+[—–][\t\x20]+)
     (?P<q>["'`])?
     (?P<val>[^\s"'`]+)
 "#;
@@ -596,6 +597,7 @@ impl PrivacyDetector {
         self.id_cues(text, &hits, &mut sink);
         emails(text, &mut sink);
         hex_addresses(text, &mut sink);
+        dotted_macs(text, &mut sink);
         self.numbers(text, &mut sink);
         self.topics(text, &hits, from_user, &mut sink);
         if let Some(mine) = out.get_mut(first..) {
@@ -694,17 +696,20 @@ impl PrivacyDetector {
             let Some(tail) = text.get(hit.end..) else {
                 continue;
             };
-            let Some(caps) = re.captures(tail) else {
-                continue;
-            };
-            let (Some(sep), Some(val)) = (caps.name("sep"), caps.name("val")) else {
-                continue;
-            };
-            let quoted = caps.name("q").is_some();
-            let value = (hit.end + val.start(), hit.end + val.end());
-            if let Some((s, e)) =
+            let given = re.captures(tail).and_then(|caps| {
+                let (sep, val) = (caps.name("sep")?, caps.name("val")?);
+                let quoted = caps.name("q").is_some();
+                let value = (hit.end + val.start(), hit.end + val.end());
                 assigned_secret(text, (hit.start, hit.end), sep.as_str(), quoted, value)
-            {
+            });
+            // No separator at all: "Мой пароль Qwerty2024!", "my password hunter2".
+            let given = given.or_else(|| {
+                let value = tail.strip_prefix(' ')?;
+                let len = value.find(char::is_whitespace).unwrap_or(value.len());
+                let start = hit.end + 1;
+                assigned_secret(text, (hit.start, hit.end), " ", false, (start, start + len))
+            });
+            if let Some((s, e)) = given {
                 sink.claim(PiiKind::Secret, s, e);
             }
         }
@@ -986,7 +991,8 @@ fn url_password(text: &str, after_scheme: usize) -> Option<(usize, usize)> {
     let colon = userinfo.find(':')?;
     let password = userinfo.get(colon + 1..)?;
     let user = userinfo.get(..colon)?;
-    if user.is_empty() || password.is_empty() || placeholder(password) {
+    // `redis://:password@host` has no user.
+    if password.is_empty() || placeholder(password) || (user.is_empty() && password.len() < 6) {
         return None;
     }
     let lower = password.to_ascii_lowercase();
@@ -1030,6 +1036,8 @@ fn assigned_secret(
         return None;
     }
     let word_sep = sep.trim().chars().next().is_some_and(char::is_alphabetic) || sep.contains('s');
+    // "Мой пароль Qwerty2024!", "my password hunter2": no separator at all.
+    let bare = sep.trim().is_empty();
     let keyword = text.get(kw_start..kw_end)?;
     let is_pin = keyword.len() >= 3
         && keyword
@@ -1087,6 +1095,13 @@ fn assigned_secret(
         return (pin_like && cued).then_some((val_start, val_start + v.len()));
     }
     let strong = digits > 0 || symbols || (mixed_case && (quoted || word_sep));
+    if bare {
+        // Only a possessed credential followed by something password-like: "my password
+        // reset link" is prose.
+        let letters_and_digits = digits > 0 && v.chars().any(char::is_alphabetic);
+        let accepted = possessive && !is_pin && (letters_and_digits || symbols) && v.len() >= 6;
+        return accepted.then_some((val_start, val_start + v.len()));
+    }
     let accepted = if is_token {
         v.len() >= 16 && strong
     } else if strong {
@@ -1287,6 +1302,28 @@ fn address_context(text: &str, (start, end): (usize, usize)) -> bool {
     rest.chars().next().is_some_and(char::is_uppercase)
 }
 
+/// A Russian street before a house number, "ул. Ленина, д. 5", "улица Тверская 7": where
+/// it starts.
+fn russian_street(text: &str, number: usize) -> Option<usize> {
+    static RU_STREET: std::sync::LazyLock<Option<Regex>> = std::sync::LazyLock::new(|| {
+        Regex::new(
+            r"(?:^|[^\p{L}])((?i:ул\.|улица|улице|пр-т|проспект|пер\.|переулок|шоссе|бульвар|б-р|наб\.|набережная|пл\.|площадь)[\t\x20]*\p{Lu}[\p{L}\-]*(?:[\t\x20]+\p{Lu}[\p{L}\-]*)?,?[\t\x20]*(?:(?i:д\.|дом)[\t\x20]*)?)$",
+        )
+        .ok()
+    });
+    let mut from = number.saturating_sub(80);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    let window = text.get(from..number)?;
+    // Cyrillic letters start with 0xD0 or 0xD1 in UTF-8.
+    if !window.bytes().any(|b| b == 0xD0 || b == 0xD1) {
+        return None;
+    }
+    let caps = RU_STREET.as_ref()?.captures(window)?;
+    caps.get(1).map(|m| from + m.start())
+}
+
 /// "Hauptstraße 5", "Calle Mayor 5", "Via Roma 12", "Rue de Rivoli 10", "PO Box 1234": the
 /// street comes before the number.
 fn street_before(text: &str, run: Run) -> Option<(usize, usize)> {
@@ -1299,6 +1336,9 @@ fn street_before(text: &str, run: Run) -> Option<(usize, usize)> {
     }
     if bytes.get(end).is_some_and(u8::is_ascii_alphanumeric) {
         return None;
+    }
+    if let Some(start) = russian_street(text, run.start) {
+        return Some((start, end));
     }
     let between = text.get(..run.start)?;
     if !between.ends_with(' ') || between.ends_with(". ") {
@@ -1659,7 +1699,6 @@ const TERMS: &[Term] = &[
     t("custody of").on(Topic::Legal),
     t("child support").on(Topic::Legal),
     t("alimony").on(Topic::Legal),
-    t("passport number").on(Topic::Legal).with(VALUE),
     t("social security").on(Topic::Legal),
     // money
     t("salary").on(Topic::Finances),
@@ -2122,10 +2161,8 @@ mod tests {
         assert!(kinds("code 12345678A").is_empty(), "wrong DNI letter");
         assert_eq!(kinds("CF RSSMRA85T10A562S"), vec![PiiKind::NationalId]);
         assert!(kinds("passport expires 12/03/2030").is_empty());
-        assert_eq!(
-            kinds("the passport number is required"),
-            vec![PiiKind::TopicMention]
-        );
+        // A passport number is a national id when one is given, not a topic.
+        assert!(kinds("the passport number is required").is_empty());
         assert!(kinds("000-12-3456").is_empty());
     }
 

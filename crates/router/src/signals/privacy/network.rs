@@ -63,6 +63,41 @@ pub(super) fn hex_addresses(text: &str, sink: &mut Sink<'_>) {
     }
 }
 
+/// Hardware addresses written the Cisco way, `001a.2b3c.4d5e`: three groups of four hex
+/// digits joined by dots, with at least one letter (all-digit triples are version numbers or
+/// phone numbers).
+pub(super) fn dotted_macs(text: &str, sink: &mut Sink<'_>) {
+    let bytes = text.as_bytes();
+    for (dot, _) in text.match_indices('.') {
+        let Some(s) = dot.checked_sub(4) else {
+            continue;
+        };
+        let Some(candidate) = bytes.get(s..s + 14) else {
+            continue;
+        };
+        let shape = candidate.iter().enumerate().all(|(i, b)| {
+            if i == 4 || i == 9 {
+                *b == b'.'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        });
+        let before = s.checked_sub(1).and_then(|p| bytes.get(p)).copied();
+        let after = bytes.get(s + 14).copied();
+        let glued =
+            |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_');
+        // A dot after it ends a sentence unless more text is glued to it.
+        let continues = match after {
+            Some(b'.') => bytes.get(s + 15).is_some_and(u8::is_ascii_alphanumeric),
+            other => glued(other),
+        };
+        let lettered = candidate.iter().any(u8::is_ascii_alphabetic);
+        if shape && lettered && !glued(before) && !continues {
+            sink.claim(PiiKind::MacAddress, s, s + 14);
+        }
+    }
+}
+
 /// Six pairs of hex digits joined by the same separator, not all zero or all `ff`; with
 /// dashes, at least one letter (six dashed pairs of decimal digits are more often a code).
 fn mac_ok(s: &str) -> bool {
