@@ -90,8 +90,7 @@ fn evaluate(detector: &PrivacyDetector, lines: &[&Line]) -> (String, Vec<String>
             ));
         }
     }
-    let mut table =
-        String::from("category        lines  tp  fp  fn  precision  recall  bar\n");
+    let mut table = String::from("category        lines  tp  fp  fn  precision  recall  bar\n");
     let mut failures = Vec::new();
     for (category, c) in &counts {
         let precision = c.tp as f64 / (c.tp + c.fp).max(1) as f64;

@@ -44,6 +44,7 @@ pub(super) const KEYWORDS: &[&str] = &[
     "pin code",
     "pin number",
     "pin_code",
+    "clave",
     "пароль",
     "пароля",
     "токен",

@@ -244,7 +244,7 @@ const TOKENS: &str = r"(?x)
 /// <service>", a separator and a value. Whether the value really is a credential is decided
 /// in code ([`assigned_secret`]).
 const ASSIGNMENT_TAIL: &str = r#"(?x)
-    ^(?:[\t\x20]+(?i:for|to|on|of|at|in|f[üu]r|pour|para|per|de)(?:[\t\x20]+[A-Za-z0-9_.@\-]+){1,3}?)?
+    ^(?:[\t\x20]+(?i:for|to|on|of|at|in|f[üu]r|pour|para|per|de|del|от|для)(?:[\t\x20]+[\p{L}0-9_.@\-]+){1,3}?)?
     ["']?
     (?P<sep>[\t\x20]+(?i:is|was|are|ist|est|es|è|é|lautet)[\t\x20]*:?[\t\x20]+
         |[\t\x20]*(?::=|=>|->|=|:)[\t\x20]*
@@ -702,12 +702,12 @@ impl PrivacyDetector {
                 let value = (hit.end + val.start(), hit.end + val.end());
                 assigned_secret(text, (hit.start, hit.end), sep.as_str(), quoted, value)
             });
-            // No separator at all: "Мой пароль Qwerty2024!", "my password hunter2".
+            // No separator at all: "Мой пароль Qwerty2024!", "my password hunter2",
+            // "пароль от почты Lisa_1990".
             let given = given.or_else(|| {
-                let value = tail.strip_prefix(' ')?;
-                let len = value.find(char::is_whitespace).unwrap_or(value.len());
-                let start = hit.end + 1;
-                assigned_secret(text, (hit.start, hit.end), " ", false, (start, start + len))
+                let (s, e) = bare_value(tail)?;
+                let value = (hit.end + s, hit.end + e);
+                assigned_secret(text, (hit.start, hit.end), " ", false, value)
             });
             if let Some((s, e)) = given {
                 sink.claim(PiiKind::Secret, s, e);
@@ -815,7 +815,7 @@ impl PrivacyDetector {
                 ok = b.is_ascii_uppercase()
                     || !b.is_ascii()
                     || b.is_ascii_digit()
-                    || b"rabcqi".contains(&b);
+                    || b"rabcqip".contains(&b);
                 break;
             }
         }
@@ -944,6 +944,37 @@ impl Sink<'_> {
 
 // ---------------------------------------------------------------------------------------------
 // Secrets
+
+/// The value after a credential keyword with no separator: the next word, or the word after
+/// a "for <service>" of up to three words ("пароль от почты Lisa_1990"). Offsets in `tail`.
+fn bare_value(tail: &str) -> Option<(usize, usize)> {
+    const FOR: &[&str] = &["for", "to", "of", "für", "pour", "para", "del", "от", "для"];
+    let words: Vec<(usize, &str)> = tail
+        .split(' ')
+        .scan(0usize, |at, w| {
+            let start = *at;
+            *at += w.len() + 1;
+            Some((start, w))
+        })
+        .skip(1)
+        .take(5)
+        .collect();
+    let (first_at, first) = *words.first()?;
+    if first.is_empty() || first.contains(['\n', '\t']) {
+        return None;
+    }
+    if !is_any(first, FOR) {
+        return Some((first_at, first_at + first.len()));
+    }
+    // After "for": the first word with a digit, within three words.
+    words
+        .iter()
+        .skip(1)
+        .take(3)
+        .find(|(_, w)| w.bytes().any(|b| b.is_ascii_digit()))
+        .filter(|(_, w)| !w.is_empty() && !w.contains(['\n', '\t']))
+        .map(|(at, w)| (*at, *at + w.len()))
+}
 
 /// Rejects documentation placeholders and word-like strings that merely share a key prefix
 /// ("sk-learn-tutorial-for-beginners").
@@ -1096,10 +1127,15 @@ fn assigned_secret(
     }
     let strong = digits > 0 || symbols || (mixed_case && (quoted || word_sep));
     if bare {
-        // Only a possessed credential followed by something password-like: "my password
-        // reset link" is prose.
+        // Only something password-like: "my password reset link" is prose. Without a
+        // possessive it must look generated: both cases and a digit, eight characters.
         let letters_and_digits = digits > 0 && v.chars().any(char::is_alphabetic);
-        let accepted = possessive && !is_pin && (letters_and_digits || symbols) && v.len() >= 6;
+        let generated = digits > 0
+            && v.chars().any(char::is_uppercase)
+            && v.chars().any(char::is_lowercase)
+            && v.chars().count() >= 8;
+        let accepted = !is_pin
+            && ((possessive && (letters_and_digits || symbols) && v.len() >= 6) || generated);
         return accepted.then_some((val_start, val_start + v.len()));
     }
     let accepted = if is_token {

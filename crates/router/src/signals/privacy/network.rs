@@ -55,7 +55,7 @@ pub(super) fn hex_addresses(text: &str, sink: &mut Sink<'_>) {
         let Some(candidate) = text.get(s..e) else {
             continue;
         };
-        if mac_ok(candidate) {
+        if mac_ok(candidate) || (mac_shape(candidate) && mac_cue_before(text, s)) {
             sink.claim(PiiKind::MacAddress, s, e);
         } else if ipv6_public(candidate) {
             sink.claim(PiiKind::IpAddress, s, e);
@@ -98,8 +98,37 @@ pub(super) fn dotted_macs(text: &str, sink: &mut Sink<'_>) {
     }
 }
 
-/// Six pairs of hex digits joined by the same separator, not all zero or all `ff`; with
-/// dashes, at least one letter (six dashed pairs of decimal digits are more often a code).
+/// "MAC 00-14-22-01-23-45": a MAC word among the three words before.
+fn mac_cue_before(text: &str, start: usize) -> bool {
+    super::WordsBack::new(text, start)
+        .take(3)
+        .any(|(_, w)| super::is_any(w, &["mac", "mac-adresse", "mac-адрес", "hwaddr", "ether"]))
+}
+
+/// Six pairs of hex digits joined by the same separator, not all zero or all `ff`.
+fn mac_shape(s: &str) -> bool {
+    let b = s.as_bytes();
+    let Some(&sep) = b.get(2) else {
+        return false;
+    };
+    b.len() == 17
+        && (sep == b':' || sep == b'-')
+        && b.iter().enumerate().all(|(i, c)| {
+            if i % 3 == 2 {
+                *c == sep
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+        && !s.bytes().filter(u8::is_ascii_hexdigit).all(|c| c == b'0')
+        && !s
+            .bytes()
+            .filter(u8::is_ascii_hexdigit)
+            .all(|c| c.eq_ignore_ascii_case(&b'f'))
+}
+
+/// A MAC shape; with dashes, at least one letter (six dashed pairs of decimal digits are
+/// more often a code, unless a MAC word says otherwise).
 fn mac_ok(s: &str) -> bool {
     let b = s.as_bytes();
     if b.len() != 17 {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{QUIET, SELF, STEM, Term, t};
+use super::{AMOUNT, QUIET, SELF, STEM, Term, t};
 
 /// What a sensitive topic is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -341,6 +341,13 @@ pub(super) const MORE_TERMS: &[Term] = &[
     m("morosa"),
     m("impagos"),
     m("tarjeta de crédito"),
+    m("debo").with(SELF | AMOUNT),
+    m("je dois").with(SELF | AMOUNT),
+    m("ich schulde").with(SELF | AMOUNT),
+    l("me arrestaron").with(SELF),
+    l("me detuvieron").with(SELF),
+    l("me condenaron").with(SELF),
+    l("me denunciaron").with(SELF),
     l("abogado"),
     l("abogada"),
     l("juicio"),
@@ -402,6 +409,8 @@ pub(super) const MORE_TERMS: &[Term] = &[
     h("алкоголизм").with(STEM),
     h("зависимост").with(STEM).with(QUIET),
     m("долги"),
+    m("я должен").with(SELF | AMOUNT),
+    m("я должна").with(SELF | AMOUNT),
     m("долгов"),
     m("долгах"),
     m("долгами"),
