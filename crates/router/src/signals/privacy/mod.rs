@@ -759,7 +759,9 @@ impl PrivacyDetector {
                 j += sep;
             }
             used.clear();
-            used.resize(runs.len(), false);
+            // Digits inside an earlier finding (an IPv6 or MAC address, a key) are not free
+            // for cards and phones around them.
+            used.extend(runs.iter().map(|r| sink.taken(r.start, r.end)));
             let region = Region { text, runs: &runs };
             region.classify(&mut used, sink);
             self.street_numbers(&region, &used, &mut streets);
@@ -2362,6 +2364,145 @@ mod tests {
             kinds("I owe $4,000 on my card"),
             vec![PiiKind::SensitiveTopic]
         );
+    }
+
+    #[test]
+    fn ipv6_hosts_are_public_addresses_only() {
+        for ip in [
+            "2001:db8:85a3::8a2e:370:7334",
+            "2606:4700:4700::1111",
+            "2001:0db8:0000:0000:0000:ff00:0042:8329",
+        ] {
+            assert_eq!(
+                spans(&format!("my host is {ip}, thanks")),
+                vec![(PiiKind::IpAddress, ip)],
+                "{ip}"
+            );
+        }
+        for text in [
+            "listen on [::1]:3000",
+            "fe80::1ff:fe23:4567:890a%eth0",
+            "fd12:3456:789a::1 inside",
+            "use std::io::Result;",
+            "a::b and c::d",
+            "10:30:45",
+            "ff02::1 multicast",
+        ] {
+            assert!(kinds(text).is_empty(), "{text}: {:?}", spans(text));
+        }
+    }
+
+    #[test]
+    fn mac_addresses_in_three_notations() {
+        for mac in ["00:1A:2B:3C:4D:5E", "a4-5e-60-d2-3f-11", "001a.2b3c.4d5e"] {
+            assert_eq!(
+                spans(&format!("device {mac} drops")),
+                vec![(PiiKind::MacAddress, mac)],
+                "{mac}"
+            );
+        }
+        assert_eq!(
+            kinds("MAC 00-14-22-01-23-45"),
+            vec![PiiKind::MacAddress],
+            "digits only, after a MAC word"
+        );
+        for text in [
+            "ff:ff:ff:ff:ff:ff",
+            "00:00:00:00:00:00",
+            "code 12-34-56-78-90-12",
+            "version 1234.5678.9012",
+        ] {
+            assert!(
+                !kinds(text).contains(&PiiKind::MacAddress),
+                "{text}: {:?}",
+                spans(text)
+            );
+        }
+    }
+
+    #[test]
+    fn dates_of_birth_need_a_birth_word() {
+        for (text, date) in [
+            ("DOB: 03/04/1985", "03/04/1985"),
+            ("I was born on 12 March 1985 in Leeds", "12 March 1985"),
+            ("born on July 4th, 1976", "July 4th, 1976"),
+            ("Geburtsdatum: 12.03.1985", "12.03.1985"),
+            ("né le 12 mars 1985 à Lyon", "12 mars 1985"),
+            ("nací el 5 de mayo de 1990", "5 de mayo de 1990"),
+            ("дата рождения: 12.03.1985", "12.03.1985"),
+            ("я родился 5 мая 1990 года", "5 мая 1990"),
+        ] {
+            assert!(
+                spans(text).contains(&(PiiKind::DateOfBirth, date)),
+                "{text}: {:?}",
+                spans(text)
+            );
+        }
+        for text in [
+            "Deadline is 03/04/2025",
+            "Mozart was born in 1756",
+            "The company was born on a napkin in 2009",
+            "born on 45/13/1990",
+            "born on Blursday 3, 1990",
+        ] {
+            assert!(
+                !kinds(text).contains(&PiiKind::DateOfBirth),
+                "{text}: {:?}",
+                spans(text)
+            );
+        }
+    }
+
+    #[test]
+    fn russian_stems_take_endings_but_not_other_words() {
+        let topics = |text: &str| -> Vec<Option<Topic>> {
+            let mut out = Vec::new();
+            detector().scan_text(0, text, &mut out);
+            out.into_iter()
+                .filter(|f| f.kind == PiiKind::SensitiveTopic)
+                .map(|f| f.topic)
+                .collect()
+        };
+        assert_eq!(topics("У меня депрессия"), vec![Some(Topic::Health)]);
+        assert_eq!(topics("Я страдаю от депрессии"), vec![Some(Topic::Health)]);
+        assert_eq!(topics("у меня долги"), vec![Some(Topic::Finances)]);
+        assert!(topics("мой долгий путь домой").is_empty());
+        assert!(topics("я купил ракету").is_empty());
+    }
+
+    #[test]
+    fn policy_words_and_patterns_extend_the_detector() {
+        let policy = crate::Policy::from_toml(
+            "[privacy.topics]\nreligion = [\"Pastafarian\"]\n[[privacy.patterns]]\nregex = 'EMP-\\d{6}'\ncategory = \"employee_id\"\nweight = 0.9\n[[privacy.patterns]]\nregex = 'PAT\\d{8}'\ncategory = \"national_id\"\n",
+            "t.toml",
+        )
+        .unwrap_or_default();
+        let d = PrivacyDetector::with_policy(&policy.privacy).unwrap_or_default();
+        let req = ChatRequest::user("I'm a Pastafarian; EMP-123456 and PAT12345678 are mine");
+        let report = d.scan(&req);
+        let names: Vec<(&str, usize)> = report
+            .categories
+            .iter()
+            .map(|c| (c.category.as_str(), c.count))
+            .collect();
+        assert_eq!(
+            names,
+            vec![("employee_id", 1), ("national_id", 1), ("religion", 1)]
+        );
+        let emp = report
+            .findings
+            .iter()
+            .find(|f| matches!(f.kind, PiiKind::Custom(0)));
+        assert_eq!(emp.map(|f| f.weight), Some(0.9));
+        assert_eq!(PrivacyDetector::new().scan(&req).categories.len(), 0);
+    }
+
+    #[test]
+    fn message_labels_raise_the_score() {
+        let req = ChatRequest::new(vec![
+            elmroute_core::Message::user("the plan").with_sensitivity(Sensitivity::Internal),
+        ]);
+        assert!(detector().scan(&req).score >= 0.5);
     }
 
     #[test]

@@ -344,8 +344,41 @@ impl Region<'_> {
                 if sink.claim(PiiKind::Phone, s, e) {
                     self.mark(used, s, e);
                 }
+            } else {
+                self.phones_within(k, m, used, sink);
             }
             k = m + 1;
+        }
+    }
+
+    /// Two numbers written one after the other ("+44 20 7946 0958 (415) 555-0134") make one
+    /// region that is no phone number as a whole: try the numbers that start with `+` or `(`
+    /// inside it, longest first.
+    fn phones_within(&self, k: usize, m: usize, used: &mut [bool], sink: &mut Sink<'_>) {
+        let bytes = self.bytes();
+        let mut i = k;
+        while i <= m {
+            let marked = self
+                .run(i)
+                .and_then(|r| r.start.checked_sub(1))
+                .and_then(|p| bytes.get(p))
+                .is_some_and(|b| *b == b'+' || *b == b'(');
+            let found = marked
+                .then(|| {
+                    (i..=m.min(i + 6))
+                        .rev()
+                        .find_map(|j| self.phone(i, j).map(|span| (j, span)))
+                })
+                .flatten();
+            match found {
+                Some((j, (s, e))) => {
+                    if sink.claim(PiiKind::Phone, s, e) {
+                        self.mark(used, s, e);
+                    }
+                    i = j + 1;
+                }
+                None => i += 1,
+            }
         }
     }
 
@@ -381,8 +414,9 @@ impl Region<'_> {
         if before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'#') {
             return None;
         }
-        if plus && before.is_some_and(|b| b == b' ') {
-            // "3 +14155550134" is arithmetic.
+        if plus && groups == 1 && before.is_some_and(|b| b == b' ') {
+            // "3 +14155550134" is arithmetic; "... 1111 +44 20 7946 0958", grouped the way
+            // numbers are dialled, is a phone number after another number.
             let prev = text_before_non_space(bytes, start);
             if prev.is_some_and(|b| b.is_ascii_digit() || b == b')') {
                 return None;
