@@ -57,7 +57,20 @@ pub fn redact(request: &ChatRequest, findings: &[Finding]) -> Redacted {
     let mut by_value: HashMap<String, String> = HashMap::new();
     let mut counters: HashMap<&'static str, u32> = HashMap::new();
     let mut originals = HashMap::new();
-    let taken = |p: &str| request.messages.iter().any(|m| m.content.contains(p));
+    // A placeholder is taken when the request already holds anything restore would read as
+    // it (`[EMAIL_1]`, `email_1`, `[Email 1]`), so restoring never rewrites the user's text.
+    let lowered: Vec<String> = request
+        .messages
+        .iter()
+        .map(|m| m.content.to_lowercase())
+        .collect();
+    let taken = |label: &str, n: u32| {
+        let label = label.to_lowercase();
+        let (under, spaced) = (format!("{label}_{n}"), format!("{label} {n}"));
+        lowered
+            .iter()
+            .any(|m| m.contains(&under) || m.contains(&spaced))
+    };
     for (i, message) in out.messages.iter_mut().enumerate() {
         // Sorted, overlapping spans merged, so no private byte is left between two findings.
         let mut spans: Vec<(usize, usize, PiiKind)> = findings
@@ -86,7 +99,7 @@ pub fn redact(request: &ChatRequest, findings: &[Finding]) -> Redacted {
                 loop {
                     *n += 1;
                     let p = format!("[{}_{}]", kind.label(), n);
-                    if !taken(&p) {
+                    if !taken(kind.label(), *n) {
                         originals.insert((kind.label().to_string(), *n), value.to_string());
                         return p;
                     }
@@ -221,6 +234,15 @@ mod tests {
             r.restorer.restore("Contact [EMAIL_1] or [EMAIL_2]"),
             "Contact [EMAIL_1] or bob@x.com"
         );
+    }
+
+    #[test]
+    fn text_that_restore_would_read_as_a_placeholder_is_never_rewritten() {
+        let text = "Rename EMAIL_1 to email_2 and [Email 3], then mail a@b.io";
+        let r = redacted(text);
+        let sent = &r.request.messages[0].content;
+        assert!(sent.contains("[EMAIL_4]"), "{sent}");
+        assert_eq!(r.restorer.restore(sent), text);
     }
 
     #[test]
