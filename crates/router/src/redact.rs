@@ -43,10 +43,11 @@ impl std::fmt::Debug for Restorer {
 const LABELS: &str = "SECRET|CARD|IBAN|ID|EMAIL|PHONE|ADDRESS|IP|MAC|DOB|PRIVATE";
 
 /// `[LABEL_n]` and the forms models turn it into: any case, a space for the underscore, or
-/// no brackets (then only with the underscore, so "user ID 1" stays as it is).
+/// no brackets (then only with the underscore, so "user ID 1" stays as it is). Numbers never
+/// start with 0, so "phone_02" in the user's text is not read as `[PHONE_2]`.
 static PLACEHOLDER: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(&format!(
-        r"(?i)\[\s*({LABELS})[_ ](\d{{1,5}})\s*\]|\b({LABELS})_(\d{{1,5}})\b"
+        r"(?i)\[\s*({LABELS})[_ ]([1-9]\d{{0,4}})\s*\]|\b({LABELS})_([1-9]\d{{0,4}})\b"
     ))
     .ok()
 });
@@ -238,7 +239,7 @@ mod tests {
 
     #[test]
     fn text_that_restore_would_read_as_a_placeholder_is_never_rewritten() {
-        let text = "Rename EMAIL_1 to email_2 and [Email 3], then mail a@b.io";
+        let text = "Rename EMAIL_1 to email_2 and [Email 3], email_05, then mail a@b.io";
         let r = redacted(text);
         let sent = &r.request.messages[0].content;
         assert!(sent.contains("[EMAIL_4]"), "{sent}");

@@ -808,6 +808,12 @@ fn micros(since: Instant) -> u64 {
 fn request_span(route: &Route) -> tracing::Span {
     let s = &route.scores;
     let rules: Vec<&str> = route.rules.iter().map(|r| r.as_str()).collect();
+    // Categories and counts only ("email:2,health:1"), never a value.
+    let private: Vec<String> = route
+        .findings
+        .iter()
+        .map(|f| format!("{}:{}", f.category, f.count))
+        .collect();
     let span = tracing::info_span!(
         "elmroute.request",
         target = %route.target,
@@ -822,6 +828,7 @@ fn request_span(route: &Route) -> tracing::Span {
         threshold = s.threshold,
         rules = %rules.join(","),
         redactions = route.redactions,
+        private = %private.join(","),
         decide_us = route.timings.decide_us,
     );
     span.in_scope(|| tracing::info!("routed"));

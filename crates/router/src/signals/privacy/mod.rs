@@ -1,26 +1,35 @@
 //! How privacy-sensitive a request is: personal data found by validated detectors, sensitive
-//! topics spoken of in the first person, and the app's own label.
+//! topics spoken of in the first person, the app's own labels and the policy's own patterns.
 //!
 //! Structured identifiers are found by a few linear passes (one hand-written scan over the
-//! numbers in the text, one over its `@` signs, regular expressions for keys, credentials,
-//! cue words and street names) and then *validated*: payment cards need a real issuer prefix
-//! and length and the Luhn check, IBANs their country's length and mod-97, phone numbers a
-//! recognisable national or international shape (or a cue such as "call" nearby), national
-//! ids a checksum or a cue such as "passport number". Groups of digits are tried on their
-//! group boundaries, so a card followed by its CVV or preceded by a room number is still a
-//! card, and an IBAN followed by "BIC ..." is still an IBAN.
+//! numbers in the text, one over its `@` signs, one over its colons, dashes and dots for IPv6
+//! and MAC addresses, regular expressions for keys, credentials, cue words and street names,
+//! one word automaton for every dictionary) and then *validated*: payment cards need a real
+//! issuer prefix and length and the Luhn check, IBANs their country's length and mod-97, IPv6
+//! addresses must parse and be global unicast, phone numbers a recognisable national or
+//! international shape (or a cue such as "call" nearby), national ids a checksum or a cue such
+//! as "passport number", dates of birth a birth word before them ("DOB", "né le", "дата
+//! рождения"). Groups of digits are tried on their group boundaries, so a card followed by its
+//! CVV or preceded by a room number is still a card, and an IBAN followed by "BIC ..." is
+//! still an IBAN.
 //!
-//! Topics (health, sex, abuse, self-harm, legal, money, work) come from a dictionary and count
-//! as personal only when the *writer* is their subject or possessor within the same clause
-//! ("I was diagnosed with", "my loan"), not when they ask about them ("help me write an essay
-//! about cancer research", "I'm building a loan calculator"), and never in system or assistant
+//! Topics ([`Topic`]: health, finances, legal, sexuality, religion, work) come from
+//! dictionaries in English, German, French, Spanish, Russian and a little Italian and
+//! Portuguese, which a policy can extend (`[privacy.topics]`), and count as personal only when
+//! the *writer* is their subject or possessor within the same clause ("I was diagnosed with",
+//! "my loan", "у меня долги"), not when they ask about them ("help me write an essay about
+//! cancer research", "I'm building a loan calculator"), and never in system or assistant
 //! messages, which describe the app rather than the user.
 //!
-//! Each finding has a weight; the score is their noisy-or, `1 - Π(1 - w)`, so every further
-//! finding can only raise it. Impersonal mentions of topics count once per distinct topic and
+//! A policy's own patterns (`[[privacy.patterns]]`) are found in one pass of a `RegexSet`,
+//! then only the patterns that matched run to find their spans.
+//!
+//! Each finding has a kind, a category (see [`PrivacyDetector::category`]), a weight and a
+//! span; the score is the noisy-or of the weights, `1 - Π(1 - w)`, so every further finding
+//! can only raise it. Impersonal mentions of topics count once per distinct topic and
 //! together at most [`MENTION_CAP`], so an essay that names many diseases stays shareable.
 //! Structured findings can be redacted (see [`crate::redact`]); topics cannot, because they
-//! are the meaning.
+//! are the meaning. Findings hold offsets, never text, so they can be logged.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use elmroute_core::{CategoryCount, ChatRequest, Role, Sensitivity};
