@@ -596,8 +596,8 @@ impl PrivacyDetector {
         let first = out.len();
         let mut sink = Sink {
             out,
-            first,
             message,
+            claimed: Vec::new(),
         };
         let hits = self.words(text);
         self.custom(text, &mut sink);
@@ -901,15 +901,18 @@ impl PrivacyDetector {
 /// number is not also a phone number).
 struct Sink<'a> {
     out: &'a mut Vec<Finding>,
-    first: usize,
     message: usize,
+    /// The claimed spans of this message, sorted and disjoint, so a claim costs a binary
+    /// search however many findings a long text has.
+    claimed: Vec<(usize, usize)>,
 }
 
 impl Sink<'_> {
     fn taken(&self, start: usize, end: usize) -> bool {
-        self.out
-            .get(self.first..)
-            .is_some_and(|mine| mine.iter().any(|f| f.start < end && start < f.end))
+        // The last claimed span that starts before `end` is the only one that can overlap:
+        // the spans are disjoint, so their ends are sorted too.
+        let i = self.claimed.partition_point(|(s, _)| *s < end);
+        i > 0 && self.claimed.get(i - 1).is_some_and(|(_, e)| *e > start)
     }
 
     /// Adds a finding unless an earlier one overlaps it; says whether it was added.
@@ -926,6 +929,8 @@ impl Sink<'_> {
         if start >= end || self.taken(start, end) {
             return false;
         }
+        let at = self.claimed.partition_point(|(s, _)| *s < start);
+        self.claimed.insert(at, (start, end));
         self.out.push(Finding {
             kind,
             topic: None,

@@ -140,6 +140,12 @@ pub(super) fn eq_word(w: &str, target: &str) -> bool {
     if w.is_ascii() {
         return w.eq_ignore_ascii_case(target);
     }
+    // A word with a letter outside ASCII never equals an ASCII word (’ reads as ' and is the
+    // one exception): skip the Unicode case folding, which dominates scans of non-English
+    // text otherwise.
+    if target.is_ascii() && w.chars().any(|c| !c.is_ascii() && c != '’') {
+        return false;
+    }
     let mut a = w.chars().map(|c| if c == '’' { '\'' } else { c });
     let mut b = target.chars();
     loop {
