@@ -166,14 +166,25 @@ pub(super) fn is_any(w: &str, list: &[&str]) -> bool {
     if w.is_empty() {
         return false;
     }
-    if list.iter().any(|t| eq_word(w, t)) {
+    let any = |w: &str| {
+        if w.is_ascii() {
+            // The common case, decided without Unicode: equal lengths, then bytes.
+            list.iter()
+                .any(|t| t.len() == w.len() && t.eq_ignore_ascii_case(w))
+        } else {
+            let foreign = w.chars().any(|c| !c.is_ascii() && c != '’');
+            list.iter()
+                .any(|t| (!foreign || !t.is_ascii()) && eq_word(w, t))
+        }
+    };
+    if any(w) {
         return true;
     }
     let stem = w
         .strip_suffix("'s")
         .or_else(|| w.strip_suffix("’s"))
         .or_else(|| w.strip_suffix("'S"));
-    stem.is_some_and(|s| !s.is_empty() && list.iter().any(|t| eq_word(s, t)))
+    stem.is_some_and(|s| !s.is_empty() && any(s))
 }
 
 pub(super) fn word_start(bytes: &[u8], i: usize) -> bool {
