@@ -1,7 +1,8 @@
 //! The cost of the privacy signal alone: one scan of a request (every detector: numbers,
 //! emails, IPv6/MAC, keys, credentials, birth dates, addresses, topic dictionaries in five
 //! languages) and a scan plus redaction, on 1 KB and 100 KB prompts. Two texts: prose with a
-//! private value every few hundred bytes, and prose with none.
+//! private value every few dozen bytes, and prose with none. Also the cost of building a
+//! detector.
 //!
 //! `cargo bench -p elmroute-router --bench privacy`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -65,5 +66,13 @@ fn privacy(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, privacy);
+/// Building a detector (the word automaton over every dictionary, the expressions): paid once
+/// per router.
+fn build(c: &mut Criterion) {
+    c.bench_function("privacy_detector_new", |b| {
+        b.iter(|| black_box(PrivacyDetector::new()))
+    });
+}
+
+criterion_group!(benches, privacy, build);
 criterion_main!(benches);
