@@ -45,7 +45,7 @@ fn keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
 fn the_policy_reference_names_every_key() {
     // Optional keys left unset are not written: set each so every key appears.
     let policy = Policy::from_toml(
-        "[remote]\nbase_url = \"http://h/v1\"\nmodel = \"m\"\nname = \"n\"\ncontext_window = 1\nheaders = { a = \"b\" }\n",
+        "[privacy.topics]\nhealth = [\"ab\"]\nfinances = [\"ab\"]\nlegal = [\"ab\"]\nsexuality = [\"ab\"]\nreligion = [\"ab\"]\nwork = [\"ab\"]\n\n[[privacy.patterns]]\nregex = 'X\\d+'\ncategory = \"employee_id\"\n\n[remote]\nbase_url = \"http://h/v1\"\nmodel = \"m\"\nname = \"n\"\ncontext_window = 1\nheaders = { a = \"b\" }\n",
         "t",
     )
     .unwrap();

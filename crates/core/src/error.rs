@@ -47,6 +47,8 @@ enum Kind {
     NotReady(String),
     #[error("cancelled")]
     Cancelled,
+    #[error("blocked: {0}")]
+    PrivacyBlocked(String),
     #[error("{0}")]
     Backend(String),
 }
@@ -149,6 +151,12 @@ impl Error {
         Self::new(Kind::Cancelled)
     }
 
+    /// The request holds private data and the policy or the request asks to block such
+    /// requests. `detail` names categories and counts, never the values.
+    pub fn privacy_blocked(detail: impl Into<String>) -> Self {
+        Self::new(Kind::PrivacyBlocked(detail.into()))
+    }
+
     /// Any other backend failure.
     pub fn backend(detail: impl Into<String>) -> Self {
         Self::new(Kind::Backend(detail.into()))
@@ -192,6 +200,12 @@ impl Error {
     /// Whether the request was invalid.
     pub fn is_invalid_request(&self) -> bool {
         matches!(self.kind, Kind::InvalidRequest(_))
+    }
+
+    /// Whether the request was refused because it holds private data and blocking was asked
+    /// for (see `PrivacyAction::Block`). No backend saw it.
+    pub fn is_privacy_blocked(&self) -> bool {
+        matches!(self.kind, Kind::PrivacyBlocked(_))
     }
 
     /// Whether the reply could not be understood.

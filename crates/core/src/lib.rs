@@ -29,5 +29,7 @@ pub use backend::{Availability, Backend, BackendKind, ChunkStream};
 pub use completion::{Chunk, Completion, FinishReason, Reply, StreamEvent, Usage};
 pub use device::{Battery, DeviceSource, DeviceState, Network, ThermalLevel};
 pub use error::{Error, Result};
-pub use request::{ChatRequest, Message, Mode, Role, Sensitivity, Truncation};
-pub use route::{Fallback, FallbackKind, NoRoute, Refusal, Route, Rule, Scores, Target, Timings};
+pub use request::{ChatRequest, Message, Mode, PrivacyAction, Role, Sensitivity, Truncation};
+pub use route::{
+    CategoryCount, Fallback, FallbackKind, NoRoute, Refusal, Route, Rule, Scores, Target, Timings,
+};

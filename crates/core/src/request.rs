@@ -21,6 +21,10 @@ pub struct Message {
     pub role: Role,
     /// The text of the turn.
     pub content: String,
+    /// The app's own label for this turn (a pasted contract, a note marked confidential). Like
+    /// the request's label it can only raise the privacy signal. Never sent to a provider.
+    #[serde(default, skip_serializing_if = "Sensitivity::is_unlabelled")]
+    pub sensitivity: Sensitivity,
 }
 
 // Message text can be private: Debug shows its size, never its words.
@@ -29,6 +33,7 @@ impl std::fmt::Debug for Message {
         f.debug_struct("Message")
             .field("role", &self.role)
             .field("content", &format_args!("<{} bytes>", self.content.len()))
+            .field("sensitivity", &self.sensitivity)
             .finish()
     }
 }
@@ -39,7 +44,15 @@ impl Message {
         Self {
             role,
             content: content.into(),
+            sensitivity: Sensitivity::Unlabelled,
         }
+    }
+
+    /// Labels this turn's sensitivity.
+    #[must_use]
+    pub fn with_sensitivity(mut self, sensitivity: Sensitivity) -> Self {
+        self.sensitivity = sensitivity;
+        self
     }
 
     /// A system message.
@@ -121,6 +134,31 @@ pub enum Sensitivity {
     Confidential,
 }
 
+impl Sensitivity {
+    /// Whether no label was given.
+    pub fn is_unlabelled(&self) -> bool {
+        *self == Sensitivity::Unlabelled
+    }
+}
+
+/// What the router does with a request that holds private data, when the policy's privacy
+/// bands would otherwise let part of it reach the cloud. Ordered from the most permissive:
+/// the stricter of the policy's and the request's action applies.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PrivacyAction {
+    /// Route by the bands: the device only at or above the bar; between the redaction level
+    /// and the bar, the cloud sees placeholders and the answer gets the values back.
+    #[default]
+    Redact,
+    /// Refuse the request with a typed error ([`Error::is_privacy_blocked`](crate::Error::is_privacy_blocked))
+    /// once its privacy reaches the redaction level: no backend sees it, on the device or in
+    /// the cloud, and the app can ask the person what to do.
+    Block,
+}
+
 /// What a backend does with a prompt longer than its context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -159,6 +197,10 @@ pub struct ChatRequest {
     pub mode: Option<Mode>,
     /// The app's own sensitivity label.
     pub sensitivity: Sensitivity,
+    /// Overrides the policy's `privacy.action` for this request. A request may ask to block
+    /// where the policy redacts; it may not weaken a policy that blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy_action: Option<PrivacyAction>,
 }
 
 impl ChatRequest {
@@ -242,6 +284,13 @@ impl ChatRequest {
     #[must_use]
     pub fn with_sensitivity(mut self, sensitivity: Sensitivity) -> Self {
         self.sensitivity = sensitivity;
+        self
+    }
+
+    /// Asks for a privacy action for this request (see [`PrivacyAction`]).
+    #[must_use]
+    pub fn with_privacy_action(mut self, action: PrivacyAction) -> Self {
+        self.privacy_action = Some(action);
         self
     }
 

@@ -75,6 +75,9 @@ pub enum Rule {
     Redact,
     /// The app labelled the request confidential.
     ConfidentialLabel,
+    /// The request holds private data and the policy or the request blocks such requests:
+    /// no backend may serve it.
+    PrivacyBlock,
     /// The network is offline: the cloud is refused.
     Offline,
     /// The network is metered.
@@ -126,6 +129,7 @@ impl Rule {
             Rule::PrivacyBar => "privacy_bar",
             Rule::Redact => "redact",
             Rule::ConfidentialLabel => "confidential_label",
+            Rule::PrivacyBlock => "privacy_block",
             Rule::Offline => "offline",
             Rule::Metered => "metered",
             Rule::RemoteCoolingDown => "remote_cooling_down",
@@ -222,6 +226,10 @@ pub struct Route {
     pub fallback: Option<Fallback>,
     /// How many private spans were replaced before the request left the device.
     pub redactions: usize,
+    /// What the privacy detector found, as categories and counts (`email`: 2), never the
+    /// values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<CategoryCount>,
     /// The name of the backend that answered, when one did.
     pub backend: Option<String>,
     /// Timings.
@@ -251,6 +259,14 @@ impl Route {
         }
         for r in &self.refusals {
             out.push_str(&format!("; {} refused: {}", r.target, r.reason));
+        }
+        if !self.findings.is_empty() {
+            let found: Vec<String> = self
+                .findings
+                .iter()
+                .map(|c| format!("{} x{}", c.category, c.count))
+                .collect();
+            out.push_str(&format!("; private: {}", found.join(", ")));
         }
         if self.redactions > 0 {
             out.push_str(&format!("; {} span(s) redacted", self.redactions));
@@ -319,6 +335,15 @@ impl Route {
     pub fn fired(&self, rule: Rule) -> bool {
         self.rules.contains(&rule)
     }
+}
+
+/// How many private findings of one category a request held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CategoryCount {
+    /// The category (`email`, `card`, `topic_health`, or a policy's own).
+    pub category: String,
+    /// How many findings.
+    pub count: usize,
 }
 
 /// No backend may serve a request; lists why each was refused.

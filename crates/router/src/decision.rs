@@ -401,6 +401,7 @@ pub fn decide(policy: &Policy, inputs: &Inputs) -> Decision {
             refusals,
             fallback,
             redactions,
+            findings: Vec::new(),
             backend: None,
             timings: Timings::default(),
         },

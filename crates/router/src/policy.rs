@@ -18,6 +18,15 @@
 //! [privacy]
 //! bar = 0.7              # at or above: the device only, whatever the mode
 //! redact_above = 0.3     # from here to the bar: redact before the cloud, restore after
+//! action = "redact"      # redact | block: block refuses requests from redact_above up
+//!
+//! [privacy.topics]       # extra words per topic (health, finances, legal, sexuality,
+//! health = ["long covid"]  # religion, work); first-person use counts like built-in terms
+//!
+//! [[privacy.patterns]]   # the app's own identifiers; any number of these
+//! regex = 'EMP-\d{6}'   # a regular expression (Rust regex syntax)
+//! category = "employee_id"  # a name for routes; a built-in one (`national_id`) reuses it
+//! weight = 0.5           # 0..=1, how much one match counts
 //!
 //! [battery]
 //! low = 0.2              # at or below (not charging): battery pressure starts
@@ -58,8 +67,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use elmroute_core::{Mode, ThermalLevel};
+use elmroute_core::{Mode, PrivacyAction, ThermalLevel};
+use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::signals::privacy::Topic;
 
 /// A number checked against its range while the file is read, so the error points at the
 /// value.
@@ -143,8 +155,8 @@ impl Default for Weights {
     }
 }
 
-/// Privacy bars.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// Privacy bars, the action for private requests, and the policy's own words and patterns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrivacyPolicy {
     /// At or above: the device only, whatever the mode. Default 0.7.
@@ -152,6 +164,17 @@ pub struct PrivacyPolicy {
     /// From here up to the bar: private spans are redacted before the cloud sees them and
     /// restored in the answer. Default 0.3. Must not exceed `bar`.
     pub redact_above: Unit,
+    /// What happens from `redact_above` up: `redact` (default) routes by the bands above;
+    /// `block` refuses the request with a typed error
+    /// ([`Error::is_privacy_blocked`](elmroute_core::Error::is_privacy_blocked)) before any
+    /// backend sees it. A request may ask to block; it cannot undo a policy's `block`.
+    pub action: PrivacyAction,
+    /// Extra topic words, by topic. Default none.
+    #[serde(skip_serializing_if = "TopicWords::is_empty")]
+    pub topics: TopicWords,
+    /// The app's own patterns (`[[privacy.patterns]]`). Default none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<CustomPattern>,
 }
 
 impl Default for PrivacyPolicy {
@@ -159,8 +182,137 @@ impl Default for PrivacyPolicy {
         Self {
             bar: Unit(0.7),
             redact_above: Unit(0.3),
+            action: PrivacyAction::Redact,
+            topics: TopicWords::default(),
+            patterns: Vec::new(),
         }
     }
+}
+
+/// Words a policy adds to the topic dictionaries (`[privacy.topics]`). They count like the
+/// built-in terms: personal when the writer speaks of their own matter, a light mention
+/// otherwise. Matched ignoring ASCII case, on word boundaries.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicWords {
+    /// Health words.
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "words")]
+    pub health: Vec<String>,
+    /// Money words.
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "words")]
+    pub finances: Vec<String>,
+    /// Legal words.
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "words")]
+    pub legal: Vec<String>,
+    /// Sexuality and gender words.
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "words")]
+    pub sexuality: Vec<String>,
+    /// Religion and belief words.
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "words")]
+    pub religion: Vec<String>,
+    /// Work words.
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "words")]
+    pub work: Vec<String>,
+}
+
+impl TopicWords {
+    /// Whether no words were added.
+    pub fn is_empty(&self) -> bool {
+        self.iter().all(|(_, w)| w.is_empty())
+    }
+
+    /// The words of each topic.
+    pub fn iter(&self) -> impl Iterator<Item = (Topic, &[String])> {
+        [
+            (Topic::Health, self.health.as_slice()),
+            (Topic::Finances, self.finances.as_slice()),
+            (Topic::Legal, self.legal.as_slice()),
+            (Topic::Sexuality, self.sexuality.as_slice()),
+            (Topic::Religion, self.religion.as_slice()),
+            (Topic::Work, self.work.as_slice()),
+        ]
+        .into_iter()
+    }
+}
+
+/// One of the app's own patterns (`[[privacy.patterns]]`): what it matches counts as private,
+/// is redacted before the cloud (as `[PRIVATE_n]`, or the placeholder of a built-in category
+/// it names) and is counted under its category in routes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomPattern {
+    /// A regular expression (Rust `regex` syntax, no look-around). Must compile within
+    /// 1 MiB and must not match the empty string.
+    #[serde(deserialize_with = "pattern")]
+    pub regex: String,
+    /// The category routes count it under: lowercase letters, digits and `_`, starting with a
+    /// letter, at most 32 characters. A built-in category name (`national_id`, `secret`)
+    /// makes matches findings of that kind.
+    #[serde(deserialize_with = "category")]
+    pub category: String,
+    /// How much one match counts toward the privacy score, 0..=1. Default 0.5.
+    #[serde(default = "half")]
+    pub weight: Unit,
+}
+
+fn half() -> Unit {
+    Unit(0.5)
+}
+
+/// The largest compiled size a custom pattern may have, so a policy cannot make every scan
+/// slow.
+pub(crate) const CUSTOM_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compiles a custom pattern, or says what is wrong with it.
+pub(crate) fn compile_custom(pattern: &str) -> Result<Regex, String> {
+    let re = RegexBuilder::new(pattern)
+        .size_limit(CUSTOM_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid regex {pattern:?}: {e}"))?;
+    if re.is_match("") {
+        return Err(format!(
+            "regex {pattern:?} matches the empty string; expected a pattern that needs at least one character"
+        ));
+    }
+    Ok(re)
+}
+
+/// Checks a custom category name.
+pub(crate) fn check_category(name: &str) -> Result<(), String> {
+    let ok = name.len() <= 32
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected a category name of lowercase letters, digits and `_` starting with a letter, at most 32 characters, found {name:?}"
+        ))
+    }
+}
+
+fn pattern<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let p = String::deserialize(d)?;
+    compile_custom(&p).map_err(serde::de::Error::custom)?;
+    Ok(p)
+}
+
+fn category<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let c = String::deserialize(d)?;
+    check_category(&c).map_err(serde::de::Error::custom)?;
+    Ok(c)
+}
+
+fn words<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let words = Vec::<String>::deserialize(d)?;
+    if let Some(w) = words.iter().find(|w| w.trim().chars().count() < 2) {
+        return Err(serde::de::Error::custom(format!(
+            "expected words of at least two characters, found {w:?}"
+        )));
+    }
+    Ok(words)
 }
 
 /// Battery levels.
@@ -582,16 +734,24 @@ impl Policy {
     }
 
     /// Checks the rules that span several keys, for a policy built or changed in code
-    /// (files are checked as they are read). [`RouterBuilder::build`](crate::RouterBuilder)
-    /// calls it.
+    /// (files are checked as they are read), and that its custom patterns compile.
+    /// [`RouterBuilder::build`](crate::RouterBuilder) calls it.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        match self.violation() {
-            None => Ok(()),
-            Some(v) => Err(PolicyError::Inconsistent {
+        if let Some(v) = self.violation() {
+            return Err(PolicyError::Inconsistent {
                 key: format!("{}.{}", v.table, v.key),
                 message: v.message,
-            }),
+            });
         }
+        for (i, p) in self.privacy.patterns.iter().enumerate() {
+            let bad = |field: &str, message: String| PolicyError::Inconsistent {
+                key: format!("privacy.patterns[{i}].{field}"),
+                message,
+            };
+            compile_custom(&p.regex).map_err(|m| bad("regex", m))?;
+            check_category(&p.category).map_err(|m| bad("category", m))?;
+        }
+        Ok(())
     }
 
     /// The first rule across keys that the policy breaks.
@@ -746,10 +906,11 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// The name of a `[table]` header line (comments and spaces allowed), or `None`.
 fn header(line: &str) -> Option<String> {
     let line = line.trim();
-    if !line.starts_with('[') || line.starts_with("[[") {
+    if !line.starts_with('[') {
         return None;
     }
-    let inner = line.get(1..)?;
+    // `[[privacy.patterns]]`: an entry of an array of tables.
+    let inner = line.strip_prefix("[[").or_else(|| line.get(1..))?;
     let end = inner.find(']')?;
     Some(inner.get(..end)?.trim().replace([' ', '"'], ""))
 }

@@ -40,13 +40,14 @@ impl std::fmt::Debug for Restorer {
     }
 }
 
-const LABELS: &str = "SECRET|CARD|IBAN|ID|EMAIL|PHONE|ADDRESS|IP";
+const LABELS: &str = "SECRET|CARD|IBAN|ID|EMAIL|PHONE|ADDRESS|IP|MAC|DOB|PRIVATE";
 
 /// `[LABEL_n]` and the forms models turn it into: any case, a space for the underscore, or
-/// no brackets (then only with the underscore, so "user ID 1" stays as it is).
+/// no brackets (then only with the underscore, so "user ID 1" stays as it is). Numbers never
+/// start with 0, so "phone_02" in the user's text is not read as `[PHONE_2]`.
 static PLACEHOLDER: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(&format!(
-        r"(?i)\[\s*({LABELS})[_ ](\d{{1,5}})\s*\]|\b({LABELS})_(\d{{1,5}})\b"
+        r"(?i)\[\s*({LABELS})[_ ]([1-9]\d{{0,4}})\s*\]|\b({LABELS})_([1-9]\d{{0,4}})\b"
     ))
     .ok()
 });
@@ -57,7 +58,20 @@ pub fn redact(request: &ChatRequest, findings: &[Finding]) -> Redacted {
     let mut by_value: HashMap<String, String> = HashMap::new();
     let mut counters: HashMap<&'static str, u32> = HashMap::new();
     let mut originals = HashMap::new();
-    let taken = |p: &str| request.messages.iter().any(|m| m.content.contains(p));
+    // A placeholder is taken when the request already holds anything restore would read as
+    // it (`[EMAIL_1]`, `email_1`, `[Email 1]`), so restoring never rewrites the user's text.
+    let lowered: Vec<String> = request
+        .messages
+        .iter()
+        .map(|m| m.content.to_lowercase())
+        .collect();
+    let taken = |label: &str, n: u32| {
+        let label = label.to_lowercase();
+        let (under, spaced) = (format!("{label}_{n}"), format!("{label} {n}"));
+        lowered
+            .iter()
+            .any(|m| m.contains(&under) || m.contains(&spaced))
+    };
     for (i, message) in out.messages.iter_mut().enumerate() {
         // Sorted, overlapping spans merged, so no private byte is left between two findings.
         let mut spans: Vec<(usize, usize, PiiKind)> = findings
@@ -86,7 +100,7 @@ pub fn redact(request: &ChatRequest, findings: &[Finding]) -> Redacted {
                 loop {
                     *n += 1;
                     let p = format!("[{}_{}]", kind.label(), n);
-                    if !taken(&p) {
+                    if !taken(kind.label(), *n) {
                         originals.insert((kind.label().to_string(), *n), value.to_string());
                         return p;
                     }
@@ -224,6 +238,15 @@ mod tests {
     }
 
     #[test]
+    fn text_that_restore_would_read_as_a_placeholder_is_never_rewritten() {
+        let text = "Rename EMAIL_1 to email_2 and [Email 3], email_05, then mail a@b.io";
+        let r = redacted(text);
+        let sent = &r.request.messages[0].content;
+        assert!(sent.contains("[EMAIL_4]"), "{sent}");
+        assert_eq!(r.restorer.restore(sent), text);
+    }
+
+    #[test]
     fn restore_forgives_what_models_do_to_placeholders() {
         let r = redacted("mail a@b.io");
         for (answer, want) in [
@@ -241,8 +264,10 @@ mod tests {
     #[test]
     fn overlapping_findings_leave_no_private_byte_behind() {
         let req = ChatRequest::user("abc 0123456789 xyz");
-        let f = |start, end, kind| Finding {
+        let f = |start, end, kind: PiiKind| Finding {
             kind,
+            topic: None,
+            weight: kind.weight(),
             message: 0,
             start,
             end,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use elmroute_core::{
     Backend, ChatRequest, Chunk, ChunkStream, Completion, DeviceSource, DeviceState, Error,
-    Fallback, FallbackKind, FinishReason, Message, Network, NoRoute, Reply, Result, Route, Rule,
-    StreamEvent, Target, Usage,
+    Fallback, FallbackKind, FinishReason, Message, Network, NoRoute, PrivacyAction, Refusal, Reply,
+    Result, Route, Rule, StreamEvent, Target, Usage,
 };
 use futures::{Stream, StreamExt};
 use tracing::Instrument;
@@ -16,7 +16,9 @@ use tracing::Instrument;
 use crate::decision::{self, Decision, Inputs, LocalView, RemoteView};
 use crate::policy::Policy;
 use crate::redact::{self, Restorer};
-use crate::signals::{ComplexityScorer, Finding, HeuristicComplexity, PrivacyDetector};
+use crate::signals::{
+    ComplexityScorer, Finding, HeuristicComplexity, PrivacyDetector, PrivacyReport,
+};
 
 /// The router's stream: text deltas, then one [`StreamEvent::Done`] with the route.
 pub type CompletionStream = Pin<Box<dyn Stream<Item = Result<StreamEvent>> + Send + 'static>>;
@@ -268,6 +270,8 @@ impl RouterBuilder {
                 "a router needs a local backend, a remote backend, or both",
             ));
         }
+        let privacy = PrivacyDetector::with_policy(&self.policy.privacy)
+            .map_err(|e| Error::invalid_request(e.to_string()))?;
         Ok(Router {
             inner: Arc::new(Inner {
                 policy: self.policy,
@@ -275,7 +279,7 @@ impl RouterBuilder {
                 remote: self.remote,
                 device: self.device,
                 complexity: self.complexity,
-                privacy: PrivacyDetector::new(),
+                privacy,
                 health: Mutex::new(RemoteHealth::default()),
             }),
         })
@@ -286,6 +290,9 @@ impl RouterBuilder {
 struct Plan {
     decision: Decision,
     findings: Vec<Finding>,
+    /// The request must be refused for its private data (`PrivacyAction::Block`), with
+    /// this explanation (categories and counts only).
+    blocked: Option<String>,
 }
 
 impl Router {
@@ -385,10 +392,27 @@ impl Router {
         if override_refused {
             decision.route.rules.insert(0, Rule::ModeOverrideRefused);
         }
+        decision.route.findings = privacy.categories.clone();
+        let blocked = block_reason(&inner.policy, request, &privacy);
+        if let Some(reason) = &blocked {
+            let route = &mut decision.route;
+            route.target = Target::None;
+            route.redactions = 0;
+            route.rules.retain(|r| *r != Rule::Redact);
+            route.rules.push(Rule::PrivacyBlock);
+            for target in [Target::Local, Target::Cloud] {
+                route.refusals.push(Refusal {
+                    target,
+                    rule: Rule::PrivacyBlock,
+                    reason: reason.clone(),
+                });
+            }
+        }
         decision.route.timings.decide_us = micros(started);
         Ok(Plan {
             decision,
             findings: privacy.findings,
+            blocked,
         })
     }
 
@@ -466,6 +490,10 @@ impl Router {
         self.inner.probe_if_due().await;
         let plan = self.plan(&request)?;
         let span = request_span(&plan.decision.route);
+        if let Some(reason) = &plan.blocked {
+            span.in_scope(|| tracing::warn!("blocked: private data"));
+            return Err(Error::privacy_blocked(reason.clone()));
+        }
         async move {
             let mut route = plan.decision.route.clone();
             if route.target == Target::None {
@@ -533,6 +561,10 @@ impl Router {
         self.inner.probe_if_due().await;
         let plan = self.plan(&request)?;
         let span = request_span(&plan.decision.route);
+        if let Some(reason) = &plan.blocked {
+            span.in_scope(|| tracing::warn!("blocked: private data"));
+            return Err(Error::privacy_blocked(reason.clone()));
+        }
         let mut route = plan.decision.route.clone();
         if route.target == Target::None {
             span.in_scope(|| tracing::warn!(refusals = route.refusals.len(), "no route"));
@@ -752,6 +784,7 @@ impl StreamState {
             return Err(error);
         }
         let plan = Plan {
+            blocked: None,
             decision: Decision {
                 redact_for_cloud: report.score >= policy.privacy.redact_above.get()
                     && report.redactable() > 0,
@@ -790,6 +823,39 @@ fn join_continuation(so_far: &str, next: String) -> String {
     } else {
         next
     }
+}
+
+/// Why a request must be blocked for its private data, when the policy or the request asks
+/// to block and its privacy reaches the policy's redaction level. Names categories and
+/// counts, never values.
+fn block_reason(policy: &Policy, request: &ChatRequest, privacy: &PrivacyReport) -> Option<String> {
+    let action = policy
+        .privacy
+        .action
+        .max(request.privacy_action.unwrap_or_default());
+    let level = policy.privacy.redact_above.get();
+    if action != PrivacyAction::Block || privacy.score <= 0.0 || privacy.score < level {
+        return None;
+    }
+    let found: Vec<String> = privacy
+        .categories
+        .iter()
+        .map(|c| format!("{} x{}", c.category, c.count))
+        .collect();
+    let what = if found.is_empty() {
+        "the app's sensitivity label".to_string()
+    } else {
+        found.join(", ")
+    };
+    let by = if policy.privacy.action == PrivacyAction::Block {
+        "the policy"
+    } else {
+        "the request"
+    };
+    Some(format!(
+        "privacy {:.2} is at or above {level:.2} ({what}) and {by} blocks private requests",
+        privacy.score
+    ))
 }
 
 fn validate(request: &ChatRequest) -> Result<()> {
@@ -834,6 +900,12 @@ fn micros(since: Instant) -> u64 {
 fn request_span(route: &Route) -> tracing::Span {
     let s = &route.scores;
     let rules: Vec<&str> = route.rules.iter().map(|r| r.as_str()).collect();
+    // Categories and counts only ("email:2,health:1"), never a value.
+    let private: Vec<String> = route
+        .findings
+        .iter()
+        .map(|f| format!("{}:{}", f.category, f.count))
+        .collect();
     let span = tracing::info_span!(
         "elmroute.request",
         target = %route.target,
@@ -848,6 +920,7 @@ fn request_span(route: &Route) -> tracing::Span {
         threshold = s.threshold,
         rules = %rules.join(","),
         redactions = route.redactions,
+        private = %private.join(","),
         decide_us = route.timings.decide_us,
     );
     span.in_scope(|| tracing::info!("routed"));

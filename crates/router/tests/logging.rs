@@ -63,14 +63,33 @@ async fn logs_carry_the_decision_but_no_prompt_text_or_pii_even_at_trace() {
         )
         .await;
 
+    let blocked = router
+        .complete(
+            ChatRequest::user("my MAC 00:1A:2B:3C:4D:5E, DOB 03/04/1985")
+                .with_privacy_action(elmroute_core::PrivacyAction::Block),
+        )
+        .await
+        .unwrap_err();
+    assert!(blocked.is_privacy_blocked());
+
     let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("private=email:1"), "{logs}");
+    assert!(logs.contains("blocked"), "{logs}");
     assert!(logs.contains("elmroute.request"), "{logs}");
     assert!(
         logs.contains("target=") && logs.contains("privacy="),
         "{logs}"
     );
     assert!(logs.contains("falling back"), "{logs}");
-    for private in ["jane.doe", "example.com", secret_words, "4111", "Write to"] {
+    for private in [
+        "jane.doe",
+        "example.com",
+        secret_words,
+        "4111",
+        "Write to",
+        "00:1A",
+        "03/04/1985",
+    ] {
         assert!(
             !logs.contains(private),
             "`{private}` leaked into logs:\n{logs}"

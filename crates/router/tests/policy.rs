@@ -306,3 +306,84 @@ fn a_broken_remote_table_names_the_key() {
     let (_, key, _) = invalid("[network]\noffline_recheck_secs = 0\n");
     assert_eq!(key.as_deref(), Some("network.offline_recheck_secs"));
 }
+
+#[test]
+fn privacy_patterns_topics_and_action_are_read_with_defaults() {
+    let p = Policy::from_toml(
+        "[privacy]\naction = \"block\"\n\n[privacy.topics]\nhealth = [\"long covid\", \"ME/CFS\"]\n\n[[privacy.patterns]]\nregex = 'EMP-\\d{6}'\ncategory = \"employee_id\"\nweight = 0.8\n\n[[privacy.patterns]]\nregex = 'PAT\\d{8}'\ncategory = \"national_id\"\n",
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(p.privacy.action, elmroute_core::PrivacyAction::Block);
+    assert_eq!(p.privacy.topics.health, vec!["long covid", "ME/CFS"]);
+    assert_eq!(p.privacy.patterns.len(), 2);
+    assert_eq!(p.privacy.patterns[0].category, "employee_id");
+    assert_eq!(p.privacy.patterns[0].weight.get(), 0.8);
+    assert_eq!(p.privacy.patterns[1].weight.get(), 0.5, "default weight");
+    // Round trip, and the defaults stay what they were.
+    assert_eq!(Policy::from_toml(&p.to_toml(), "rt").unwrap(), p);
+    let d = Policy::default();
+    assert_eq!(d.privacy.action, elmroute_core::PrivacyAction::Redact);
+    assert!(d.privacy.patterns.is_empty() && d.privacy.topics.is_empty());
+    assert!(!d.to_toml().contains("patterns"), "{}", d.to_toml());
+}
+
+#[test]
+fn bad_privacy_patterns_name_the_line_the_key_and_the_regex_error() {
+    let (line, key, msg) = invalid(
+        "mode = \"auto\"\n\n[[privacy.patterns]]\nregex = 'EMP-(\\d{6}'\ncategory = \"employee_id\"\n",
+    );
+    assert_eq!((line, key.as_deref()), (4, Some("privacy.patterns.regex")));
+    assert!(msg.starts_with("test.toml:4:"), "{msg}");
+    assert!(
+        msg.contains("EMP-(") && msg.contains("unclosed group"),
+        "{msg}"
+    );
+    let (line, key, msg) =
+        invalid("[[privacy.patterns]]\nregex = 'x*'\ncategory = \"employee_id\"\n");
+    assert_eq!((line, key.as_deref()), (2, Some("privacy.patterns.regex")));
+    assert!(msg.contains("empty string"), "{msg}");
+    let (line, key, msg) =
+        invalid("[[privacy.patterns]]\nregex = 'EMP-\\d+'\ncategory = \"Employee ID\"\n");
+    assert_eq!(
+        (line, key.as_deref()),
+        (3, Some("privacy.patterns.category"))
+    );
+    assert!(msg.contains("lowercase"), "{msg}");
+    let (line, key, _) = invalid(
+        "[[privacy.patterns]]\nregex = 'EMP-\\d+'\ncategory = \"employee_id\"\nweight = 3\n",
+    );
+    assert_eq!((line, key.as_deref()), (4, Some("privacy.patterns.weight")));
+    let (line, key, msg) = invalid("[[privacy.patterns]]\ncategory = \"employee_id\"\n");
+    assert_eq!(line, 1);
+    assert!(msg.contains("regex"), "{msg}");
+    let _ = key;
+    let (line, key, msg) = invalid("[privacy.topics]\nastrology = [\"horoscope\"]\n");
+    assert_eq!(
+        (line, key.as_deref()),
+        (2, Some("privacy.topics.astrology"))
+    );
+    assert!(msg.contains("health"), "{msg}");
+    let (_, key, msg) = invalid("[privacy]\naction = \"shred\"\n");
+    assert_eq!(key.as_deref(), Some("privacy.action"));
+    assert!(msg.contains("block"), "{msg}");
+}
+
+#[test]
+fn a_bad_pattern_built_in_code_is_refused_by_validate_and_build() {
+    let mut p = Policy::default();
+    p.privacy
+        .patterns
+        .push(elmroute_router::policy::CustomPattern {
+            regex: "(".into(),
+            category: "employee_id".into(),
+            weight: elmroute_router::policy::Unit::new(0.5).unwrap(),
+        });
+    let err = p.validate().unwrap_err();
+    assert_eq!(err.key(), Some("privacy.patterns[0].regex"));
+    let built = Router::builder()
+        .policy(p)
+        .local(elmroute_router::DeclaredBackend::local("m", 2048))
+        .build();
+    assert!(built.unwrap_err().is_invalid_request());
+}

@@ -5,4 +5,4 @@ pub mod device;
 pub mod privacy;
 
 pub use complexity::{ComplexityScorer, HeuristicComplexity};
-pub use privacy::{Finding, PiiKind, PrivacyDetector, PrivacyReport};
+pub use privacy::{Finding, PiiKind, PrivacyDetector, PrivacyReport, Topic};

@@ -44,6 +44,12 @@ pub(super) const KEYWORDS: &[&str] = &[
     "pin code",
     "pin number",
     "pin_code",
+    "clave",
+    "пароль",
+    "пароля",
+    "токен",
+    "секретный ключ",
+    "пин-код",
 ];
 
 /// Cues that name a national identifier.
@@ -114,6 +120,11 @@ pub(super) const ID_CUES: &[&str] = &[
     "sécurité sociale",
     "securite sociale",
     "seguridad social",
+    "паспорт",
+    "номер паспорта",
+    "паспортные данные",
+    "снилс",
+    "инн",
 ];
 
 /// IBAN lengths by country (ISO 13616 registry).
@@ -688,6 +699,23 @@ pub(super) const DIRECT: &[&str] = &[
     "estou",
     "ik",
     "mijn",
+    "soy",
+    "m'a",
+    "m'ont",
+    "я",
+    "мой",
+    "моя",
+    "моё",
+    "мое",
+    "мои",
+    "моего",
+    "моей",
+    "моему",
+    "моим",
+    "моих",
+    "меня",
+    "мне",
+    "мной",
 ];
 
 /// First-person pronouns that need a verb of having or being after them.
@@ -879,8 +907,30 @@ pub(super) const FORWARD: &[&str] = &[
 ];
 
 pub(super) const POSSESSIVES: &[&str] = &[
-    "my", "our", "mein", "meine", "meinen", "meinem", "mon", "ma", "mes", "mi", "mis", "mio",
-    "mia", "meu", "minha", "mijn",
+    "my",
+    "our",
+    "mein",
+    "meine",
+    "meinen",
+    "meinem",
+    "mon",
+    "ma",
+    "mes",
+    "mi",
+    "mis",
+    "mio",
+    "mia",
+    "meu",
+    "minha",
+    "mijn",
+    "мой",
+    "моя",
+    "моё",
+    "мое",
+    "мои",
+    "моего",
+    "моей",
+    "моих",
 ];
 
 pub(super) const AGENTS: &[&str] = &[

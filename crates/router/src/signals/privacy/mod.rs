@@ -1,39 +1,58 @@
 //! How privacy-sensitive a request is: personal data found by validated detectors, sensitive
-//! topics spoken of in the first person, and the app's own label.
+//! topics spoken of in the first person, the app's own labels and the policy's own patterns.
 //!
 //! Structured identifiers are found by a few linear passes (one hand-written scan over the
-//! numbers in the text, one over its `@` signs, regular expressions for keys, credentials,
-//! cue words and street names) and then *validated*: payment cards need a real issuer prefix
-//! and length and the Luhn check, IBANs their country's length and mod-97, phone numbers a
-//! recognisable national or international shape (or a cue such as "call" nearby), national
-//! ids a checksum or a cue such as "passport number". Groups of digits are tried on their
-//! group boundaries, so a card followed by its CVV or preceded by a room number is still a
-//! card, and an IBAN followed by "BIC ..." is still an IBAN.
+//! numbers in the text, one over its `@` signs, one over its colons, dashes and dots for IPv6
+//! and MAC addresses, regular expressions for keys, credentials, cue words and street names,
+//! one word automaton for every dictionary) and then *validated*: payment cards need a real
+//! issuer prefix and length and the Luhn check, IBANs their country's length and mod-97, IPv6
+//! addresses must parse and be global unicast, phone numbers a recognisable national or
+//! international shape (or a cue such as "call" nearby), national ids a checksum or a cue such
+//! as "passport number", dates of birth a birth word before them ("DOB", "né le", "дата
+//! рождения"). Groups of digits are tried on their group boundaries, so a card followed by its
+//! CVV or preceded by a room number is still a card, and an IBAN followed by "BIC ..." is
+//! still an IBAN.
 //!
-//! Topics (health, sex, abuse, self-harm, legal, money, work) come from a dictionary and count
-//! as personal only when the *writer* is their subject or possessor within the same clause
-//! ("I was diagnosed with", "my loan"), not when they ask about them ("help me write an essay
-//! about cancer research", "I'm building a loan calculator"), and never in system or assistant
+//! Topics ([`Topic`]: health, finances, legal, sexuality, religion, work) come from
+//! dictionaries in English, German, French, Spanish, Russian and a little Italian and
+//! Portuguese, which a policy can extend (`[privacy.topics]`), and count as personal only when
+//! the *writer* is their subject or possessor within the same clause ("I was diagnosed with",
+//! "my loan", "у меня долги"), not when they ask about them ("help me write an essay about
+//! cancer research", "I'm building a loan calculator"), and never in system or assistant
 //! messages, which describe the app rather than the user.
 //!
-//! Each finding has a weight; the score is their noisy-or, `1 - Π(1 - w)`, so every further
-//! finding can only raise it. Impersonal mentions of topics count once per distinct topic and
+//! A policy's own patterns (`[[privacy.patterns]]`) are found in one pass of a `RegexSet`,
+//! then only the patterns that matched run to find their spans.
+//!
+//! Each finding has a kind, a category (see [`PrivacyDetector::category`]), a weight and a
+//! span; the score is the noisy-or of the weights, `1 - Π(1 - w)`, so every further finding
+//! can only raise it. Impersonal mentions of topics count once per distinct topic and
 //! together at most [`MENTION_CAP`], so an essay that names many diseases stays shareable.
 //! Structured findings can be redacted (see [`crate::redact`]); topics cannot, because they
-//! are the meaning.
+//! are the meaning. Findings hold offsets, never text, so they can be logged.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
-use elmroute_core::{ChatRequest, Role, Sensitivity};
-use regex::Regex;
+use elmroute_core::{CategoryCount, ChatRequest, Role, Sensitivity};
+use regex::{Regex, RegexSet, RegexSetBuilder};
 use serde::Serialize;
 
+use crate::policy::{CUSTOM_SIZE_LIMIT, PolicyError, PrivacyPolicy, compile_custom};
+
+mod dates;
 mod lexicon;
+mod network;
 mod numbers;
+mod topics;
 mod words;
 
+use dates::*;
 use lexicon::*;
+use network::*;
 use numbers::*;
+use topics::MORE_TERMS;
 use words::*;
+
+pub use topics::Topic;
 
 pub use numbers::{iban_ok, luhn_ok};
 
@@ -58,8 +77,17 @@ pub enum PiiKind {
     Phone,
     /// A street address.
     Address,
-    /// An IPv4 address (not loopback, unspecified or a netmask).
+    /// An IPv4 or IPv6 address of a host on the public internet (not loopback, private,
+    /// link-local, multicast or a network).
     IpAddress,
+    /// A hardware (MAC) address, `00:1A:2B:3C:4D:5E` or `00-1a-2b-3c-4d-5e`.
+    MacAddress,
+    /// A date given after a birth word ("born on", "DOB", "date de naissance", "дата
+    /// рождения").
+    DateOfBirth,
+    /// A match of the policy's custom pattern with this index (`[[privacy.patterns]]`) whose
+    /// category is not a built-in one.
+    Custom(u16),
     /// Health, sex, abuse, self-harm, legal, money or work matters spoken of in the first
     /// person.
     SensitiveTopic,
@@ -73,8 +101,9 @@ impl PiiKind {
         match self {
             PiiKind::Secret | PiiKind::Card | PiiKind::Iban | PiiKind::NationalId => 1.0,
             PiiKind::SensitiveTopic => 0.75,
-            PiiKind::Email | PiiKind::Phone | PiiKind::Address => 0.5,
-            PiiKind::IpAddress => 0.3,
+            PiiKind::Email | PiiKind::Phone | PiiKind::Address | PiiKind::DateOfBirth => 0.5,
+            PiiKind::Custom(_) => 0.5,
+            PiiKind::IpAddress | PiiKind::MacAddress => 0.3,
             PiiKind::TopicMention => 0.1,
         }
     }
@@ -95,9 +124,52 @@ impl PiiKind {
             PiiKind::Phone => "PHONE",
             PiiKind::Address => "ADDRESS",
             PiiKind::IpAddress => "IP",
+            PiiKind::MacAddress => "MAC",
+            PiiKind::DateOfBirth => "DOB",
+            PiiKind::Custom(_) => "PRIVATE",
             PiiKind::SensitiveTopic => "TOPIC",
             PiiKind::TopicMention => "MENTION",
         }
+    }
+
+    /// The category name of a built-in kind, as in routes and policies (`email`,
+    /// `national_id`). Topics are named by their [`Topic`] instead, and custom patterns by
+    /// their policy's category.
+    pub fn name(self) -> &'static str {
+        match self {
+            PiiKind::Secret => "secret",
+            PiiKind::Card => "card",
+            PiiKind::Iban => "iban",
+            PiiKind::NationalId => "national_id",
+            PiiKind::Email => "email",
+            PiiKind::Phone => "phone",
+            PiiKind::Address => "address",
+            PiiKind::IpAddress => "ip_address",
+            PiiKind::MacAddress => "mac_address",
+            PiiKind::DateOfBirth => "date_of_birth",
+            PiiKind::Custom(_) => "custom",
+            PiiKind::SensitiveTopic => "sensitive_topic",
+            PiiKind::TopicMention => "topic_mention",
+        }
+    }
+
+    /// The built-in redactable kind with this category name, if any: a custom pattern whose
+    /// category is `national_id` finds national ids.
+    pub fn from_name(name: &str) -> Option<PiiKind> {
+        [
+            PiiKind::Secret,
+            PiiKind::Card,
+            PiiKind::Iban,
+            PiiKind::NationalId,
+            PiiKind::Email,
+            PiiKind::Phone,
+            PiiKind::Address,
+            PiiKind::IpAddress,
+            PiiKind::MacAddress,
+            PiiKind::DateOfBirth,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
     }
 }
 
@@ -106,12 +178,17 @@ impl PiiKind {
 /// itself costs a request its cloud answer.
 pub const MENTION_CAP: f32 = 0.25;
 
-/// One finding: its kind and where it is. Never holds the text itself, so findings can be
-/// logged safely.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// One finding: its kind, category, weight and where it is. Never holds the text itself, so
+/// findings can be logged safely.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Finding {
     /// What was found.
     pub kind: PiiKind,
+    /// What a sensitive topic (or a mention of one) is about; `None` for other kinds.
+    pub topic: Option<Topic>,
+    /// How much it counts toward the score, 0..=1 (the kind's weight, or a custom
+    /// pattern's).
+    pub weight: f32,
     /// The index of the message in the request.
     pub message: usize,
     /// Byte offsets in that message.
@@ -130,6 +207,9 @@ pub struct PrivacyReport {
     pub residual: f32,
     /// Every finding, in message order then position.
     pub findings: Vec<Finding>,
+    /// Categories and counts of the findings that count as private (impersonal topic
+    /// mentions do not), sorted by name. What a route may carry: never a value.
+    pub categories: Vec<CategoryCount>,
 }
 
 impl PrivacyReport {
@@ -173,11 +253,12 @@ const TOKENS: &str = r"(?x)
 /// <service>", a separator and a value. Whether the value really is a credential is decided
 /// in code ([`assigned_secret`]).
 const ASSIGNMENT_TAIL: &str = r#"(?x)
-    ^(?:[\t\x20]+(?i:for|to|on|of|at|in|f[üu]r|pour|para|per|de)(?:[\t\x20]+[A-Za-z0-9_.@\-]+){1,3}?)?
+    ^(?:[\t\x20]+(?i:for|to|on|of|at|in|f[üu]r|pour|para|per|de|del|от|для)(?:[\t\x20]+[\p{L}0-9_.@\-]+){1,3}?)?
     ["']?
     (?P<sep>[\t\x20]+(?i:is|was|are|ist|est|es|è|é|lautet)[\t\x20]*:?[\t\x20]+
         |[\t\x20]*(?::=|=>|->|=|:)[\t\x20]*
-        |['’]s[\t\x20]+)
+        |['’]s[\t\x20]+
+        |[\t\x20]+[—–][\t\x20]+)
     (?P<q>["'`])?
     (?P<val>[^\s"'`]+)
 "#;
@@ -207,11 +288,20 @@ const STREET_AFTER_NUMBER: &str = r"(?x)
     )
 ";
 
-/// How many compiled detectors a fully built [`PrivacyDetector`] has: four regular
-/// expressions (keys and tokens, credential assignments, identifier cues, street names) and
-/// the topic dictionary. The scans for numbers and email addresses are hand-written and need
-/// no compiling.
-const DETECTORS: usize = 5;
+/// How many compiled detectors a fully built [`PrivacyDetector`] has: five regular
+/// expressions (keys and tokens, credential assignments, identifier cues, street names, dates
+/// after birth words) and the word dictionary. The scans for numbers, email, IPv6 and MAC
+/// addresses are hand-written and need no compiling.
+const DETECTORS: usize = 6;
+
+/// A policy's own pattern, compiled.
+#[derive(Debug, Clone)]
+struct CustomRule {
+    regex: Regex,
+    kind: PiiKind,
+    category: String,
+    weight: f32,
+}
 
 /// Finds private data in requests. Build once and share: construction compiles the
 /// expressions.
@@ -223,19 +313,26 @@ pub struct PrivacyDetector {
     assignment: Option<Regex>,
     id_tail: Option<Regex>,
     street: Option<Regex>,
-    /// Topics, credential keywords and identifier cues, found in one pass.
+    birth_tail: Option<Regex>,
+    /// Topics, credential keywords, identifier and birth cues, found in one pass.
     words: Option<AhoCorasick>,
     /// What each pattern of `words` is.
     roles: Vec<Roles>,
+    /// The topic terms `roles` point into: the built-in ones, then the policy's.
+    terms: Vec<Term>,
+    /// The policy's own patterns, and a set that finds which of them match in one pass.
+    custom: Vec<CustomRule>,
+    custom_set: Option<RegexSet>,
 }
 
-/// What a dictionary pattern is: a topic term, a credential keyword, an identifier cue (one
-/// text can be several: "passport number").
+/// What a dictionary pattern is: a topic term, a credential keyword, an identifier or birth
+/// cue (one text can be several: "passport number").
 #[derive(Debug, Clone, Copy, Default)]
 struct Roles {
     term: Option<usize>,
     keyword: bool,
     id_cue: bool,
+    birth_cue: bool,
 }
 
 /// A dictionary hit.
@@ -266,31 +363,109 @@ impl Default for PrivacyDetector {
 }
 
 impl PrivacyDetector {
-    /// The detector with every built-in kind.
+    /// The detector with every built-in kind and no policy additions.
     pub fn new() -> Self {
-        let mut patterns: Vec<&'static str> = Vec::new();
-        let mut roles: Vec<Roles> = Vec::new();
-        let mut add = |text: &'static str, role: &dyn Fn(&mut Roles)| {
-            let i = match patterns.iter().position(|p| p.eq_ignore_ascii_case(text)) {
-                Some(i) => i,
-                None => {
-                    patterns.push(text);
-                    roles.push(Roles::default());
-                    roles.len() - 1
+        Self::build(&[], Vec::new(), None)
+    }
+
+    /// The detector with every built-in kind plus the policy's extra topic words and custom
+    /// patterns (`[privacy.topics]`, `[[privacy.patterns]]`). Fails, naming the key, when a
+    /// pattern does not compile or its category is not a name.
+    pub fn with_policy(policy: &PrivacyPolicy) -> Result<Self, PolicyError> {
+        let mut custom = Vec::with_capacity(policy.patterns.len());
+        for (i, p) in policy.patterns.iter().enumerate() {
+            let key = |field: &str| format!("privacy.patterns[{i}].{field}");
+            let regex = compile_custom(&p.regex).map_err(|message| PolicyError::Inconsistent {
+                key: key("regex"),
+                message,
+            })?;
+            crate::policy::check_category(&p.category).map_err(|message| {
+                PolicyError::Inconsistent {
+                    key: key("category"),
+                    message,
                 }
-            };
-            if let Some(r) = roles.get_mut(i) {
-                role(r);
+            })?;
+            let kind = PiiKind::from_name(&p.category)
+                .unwrap_or(PiiKind::Custom(u16::try_from(i).unwrap_or(u16::MAX)));
+            custom.push(CustomRule {
+                regex,
+                kind,
+                category: p.category.clone(),
+                weight: p.weight.get(),
+            });
+        }
+        let set = if custom.is_empty() {
+            None
+        } else {
+            let set = RegexSetBuilder::new(custom.iter().map(|c| c.regex.as_str()))
+                .size_limit(CUSTOM_SIZE_LIMIT.saturating_mul(custom.len()))
+                .build()
+                .map_err(|e| PolicyError::Inconsistent {
+                    key: "privacy.patterns".into(),
+                    message: format!("the patterns together do not compile: {e}"),
+                })?;
+            Some(set)
+        };
+        let extra: Vec<(Topic, String)> = policy
+            .topics
+            .iter()
+            .flat_map(|(topic, words)| words.iter().map(move |w| (topic, w.trim().to_string())))
+            .filter(|(_, w)| !w.is_empty())
+            .collect();
+        Ok(Self::build(&extra, custom, set))
+    }
+
+    fn build(
+        extra: &[(Topic, String)],
+        custom: Vec<CustomRule>,
+        custom_set: Option<RegexSet>,
+    ) -> Self {
+        let mut patterns: Vec<String> = Vec::new();
+        let mut roles: Vec<Roles> = Vec::new();
+        let mut add = |text: &str, role: &dyn Fn(&mut Roles)| {
+            // Non-ASCII words are matched in their written case, their capitalised form and
+            // in capitals (the automaton folds ASCII case only).
+            let mut forms = vec![text.to_string()];
+            if !text.is_ascii() {
+                let lower = text.to_lowercase();
+                let mut chars = lower.chars();
+                let capital: String = chars
+                    .next()
+                    .map(|c| c.to_uppercase().chain(chars).collect())
+                    .unwrap_or_default();
+                forms.extend([lower, capital, text.to_uppercase()]);
+            }
+            for form in forms {
+                let i = match patterns.iter().position(|p| p.eq_ignore_ascii_case(&form)) {
+                    Some(i) => i,
+                    None => {
+                        patterns.push(form);
+                        roles.push(Roles::default());
+                        roles.len() - 1
+                    }
+                };
+                if let Some(r) = roles.get_mut(i) {
+                    role(r);
+                }
             }
         };
-        for (i, term) in TERMS.iter().enumerate() {
+        let mut terms: Vec<Term> = TERMS.iter().chain(MORE_TERMS).copied().collect();
+        for (i, term) in terms.iter().enumerate() {
             add(term.text, &|r| r.term = Some(i));
+        }
+        for (topic, word) in extra {
+            let i = terms.len();
+            terms.push(t("").on(*topic));
+            add(word, &|r| r.term = Some(i));
         }
         for k in KEYWORDS {
             add(k, &|r| r.keyword = true);
         }
         for c in ID_CUES {
             add(c, &|r| r.id_cue = true);
+        }
+        for c in BIRTH_CUES {
+            add(c, &|r| r.birth_cue = true);
         }
         let words = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
@@ -309,21 +484,42 @@ impl PrivacyDetector {
             assignment: regex("assignment", ASSIGNMENT_TAIL),
             id_tail: regex("id_tail", ID_TAIL),
             street: regex("street", STREET_AFTER_NUMBER),
+            birth_tail: regex("birth_tail", BIRTH_TAIL),
             words,
             roles,
+            terms,
+            custom,
+            custom_set,
         }
     }
 
-    /// How many compiled detectors are active (5 when all compiled: keys and tokens,
-    /// credential assignments, identifier cues, street names and the topic dictionary). The
-    /// scans for numbers (cards, IBANs, national ids, IPs, phones, house numbers) and email
-    /// addresses are plain code and always on.
+    /// The category name of a finding: the kind's name (`email`), the topic's (`health`,
+    /// also for impersonal mentions) or the custom pattern's.
+    pub fn category<'a>(&'a self, finding: &Finding) -> &'a str {
+        if let Some(topic) = finding.topic {
+            return topic.as_str();
+        }
+        match finding.kind {
+            PiiKind::Custom(i) => self
+                .custom
+                .get(usize::from(i))
+                .map_or("custom", |c| c.category.as_str()),
+            kind => kind.name(),
+        }
+    }
+
+    /// How many compiled detectors are active (6 when all compiled: keys and tokens,
+    /// credential assignments, identifier cues, street names, dates after birth words and the
+    /// word dictionary). The scans for numbers (cards, IBANs, national ids, IPv4, phones,
+    /// house numbers), email, IPv6 and MAC addresses are plain code and always on; a policy's
+    /// custom patterns are counted apart.
     pub fn detector_count(&self) -> usize {
         let compiled = [
             self.tokens.is_some(),
             self.assignment.is_some(),
             self.id_tail.is_some(),
             self.street.is_some(),
+            self.birth_tail.is_some(),
             self.words.is_some(),
         ];
         debug_assert_eq!(compiled.len(), DETECTORS);
@@ -333,10 +529,12 @@ impl PrivacyDetector {
     /// Scans every message of a request.
     pub fn scan(&self, request: &ChatRequest) -> PrivacyReport {
         let mut findings = Vec::new();
+        let mut sensitivity = request.sensitivity;
         for (i, m) in request.messages.iter().enumerate() {
             self.scan_message(i, &m.content, m.role == Role::User, &mut findings);
+            sensitivity = sensitivity.max(m.sensitivity);
         }
-        let label = |score: f32| match request.sensitivity {
+        let label = |score: f32| match sensitivity {
             Sensitivity::Confidential => 1.0,
             Sensitivity::Internal => score.max(0.5),
             Sensitivity::Public | Sensitivity::Unlabelled => score,
@@ -356,9 +554,10 @@ impl PrivacyDetector {
                 }
                 continue;
             }
-            keep *= 1.0 - f.kind.weight();
+            let w = f.weight.clamp(0.0, 1.0);
+            keep *= 1.0 - w;
             if !f.kind.redactable() {
-                keep_residual *= 1.0 - f.kind.weight();
+                keep_residual *= 1.0 - w;
             }
         }
         let distinct = i32::try_from(mentions.len()).unwrap_or(i32::MAX);
@@ -366,10 +565,23 @@ impl PrivacyDetector {
             (1.0 - (1.0 - PiiKind::TopicMention.weight()).powi(distinct)).min(MENTION_CAP);
         keep *= 1.0 - mention;
         keep_residual *= 1.0 - mention;
+        let mut categories: Vec<CategoryCount> = Vec::new();
+        for f in findings.iter().filter(|f| f.kind != PiiKind::TopicMention) {
+            let name = self.category(f);
+            match categories.iter_mut().find(|c| c.category == name) {
+                Some(c) => c.count += 1,
+                None => categories.push(CategoryCount {
+                    category: name.to_string(),
+                    count: 1,
+                }),
+            }
+        }
+        categories.sort_by(|a, b| a.category.cmp(&b.category));
         PrivacyReport {
             score: label(1.0 - keep).clamp(0.0, 1.0),
             residual: label(1.0 - keep_residual).clamp(0.0, 1.0),
             findings,
+            categories,
         }
     }
 
@@ -384,13 +596,17 @@ impl PrivacyDetector {
         let first = out.len();
         let mut sink = Sink {
             out,
-            first,
             message,
+            claimed: Vec::new(),
         };
         let hits = self.words(text);
+        self.custom(text, &mut sink);
         self.secrets(text, &hits, &mut sink);
+        self.births(text, &hits, &mut sink);
         self.id_cues(text, &hits, &mut sink);
         emails(text, &mut sink);
+        hex_addresses(text, &mut sink);
+        dotted_macs(text, &mut sink);
         self.numbers(text, &mut sink);
         self.topics(text, &hits, from_user, &mut sink);
         if let Some(mine) = out.get_mut(first..) {
@@ -409,14 +625,54 @@ impl PrivacyDetector {
             let Some(&roles) = self.roles.get(m.pattern().as_usize()) else {
                 continue;
             };
-            let (start, end) = (m.start(), m.end());
+            let (start, mut end) = (m.start(), m.end());
+            // A Russian stem takes its case ending ("долгами", "депрессию").
+            if roles
+                .term
+                .and_then(|i| self.terms.get(i))
+                .is_some_and(|t| t.has(STEM))
+            {
+                end = stem_end(text, end);
+            }
             let boundary_before = word_start(bytes, start)
                 || (roles.keyword && bytes.get(start.wrapping_sub(1)) == Some(&b'_'));
-            if boundary_before && word_end(bytes, end) {
+            if boundary_before && word_end(bytes, end) && !letters_around(text, start, end) {
                 hits.push(Hit { roles, start, end });
             }
         }
         hits
+    }
+
+    /// The policy's patterns: one pass of the set says which match, then only those run.
+    fn custom(&self, text: &str, sink: &mut Sink<'_>) {
+        let Some(set) = &self.custom_set else {
+            return;
+        };
+        for i in set.matches(text).iter() {
+            let Some(rule) = self.custom.get(i) else {
+                continue;
+            };
+            for m in rule.regex.find_iter(text) {
+                sink.claim_weighted(rule.kind, m.start(), m.end(), rule.weight);
+            }
+        }
+    }
+
+    /// A date after a birth word: "DOB 03/04/1985", "né le 12 mars 1985".
+    fn births(&self, text: &str, hits: &[Hit], sink: &mut Sink<'_>) {
+        let Some(re) = &self.birth_tail else {
+            return;
+        };
+        for hit in hits.iter().filter(|h| h.roles.birth_cue) {
+            let Some(tail) = text.get(hit.end..) else {
+                continue;
+            };
+            if let Some(d) = re.captures(tail).and_then(|c| c.name("d")) {
+                if birth_date_ok(d.as_str()) {
+                    sink.claim(PiiKind::DateOfBirth, hit.end + d.start(), hit.end + d.end());
+                }
+            }
+        }
     }
 
     fn secrets(&self, text: &str, hits: &[Hit], sink: &mut Sink<'_>) {
@@ -449,17 +705,20 @@ impl PrivacyDetector {
             let Some(tail) = text.get(hit.end..) else {
                 continue;
             };
-            let Some(caps) = re.captures(tail) else {
-                continue;
-            };
-            let (Some(sep), Some(val)) = (caps.name("sep"), caps.name("val")) else {
-                continue;
-            };
-            let quoted = caps.name("q").is_some();
-            let value = (hit.end + val.start(), hit.end + val.end());
-            if let Some((s, e)) =
+            let given = re.captures(tail).and_then(|caps| {
+                let (sep, val) = (caps.name("sep")?, caps.name("val")?);
+                let quoted = caps.name("q").is_some();
+                let value = (hit.end + val.start(), hit.end + val.end());
                 assigned_secret(text, (hit.start, hit.end), sep.as_str(), quoted, value)
-            {
+            });
+            // No separator at all: "Мой пароль Qwerty2024!", "my password hunter2",
+            // "пароль от почты Lisa_1990".
+            let given = given.or_else(|| {
+                let (s, e) = bare_value(tail)?;
+                let value = (hit.end + s, hit.end + e);
+                assigned_secret(text, (hit.start, hit.end), " ", false, value)
+            });
+            if let Some((s, e)) = given {
                 sink.claim(PiiKind::Secret, s, e);
             }
         }
@@ -509,7 +768,9 @@ impl PrivacyDetector {
                 j += sep;
             }
             used.clear();
-            used.resize(runs.len(), false);
+            // Digits inside an earlier finding (an IPv6 or MAC address, a key) are not free
+            // for cards and phones around them.
+            used.extend(runs.iter().map(|r| sink.taken(r.start, r.end)));
             let region = Region { text, runs: &runs };
             region.classify(&mut used, sink);
             self.street_numbers(&region, &used, &mut streets);
@@ -565,7 +826,7 @@ impl PrivacyDetector {
                 ok = b.is_ascii_uppercase()
                     || !b.is_ascii()
                     || b.is_ascii_digit()
-                    || b"rabcqi".contains(&b);
+                    || b"rabcqip".contains(&b);
                 break;
             }
         }
@@ -589,7 +850,7 @@ impl PrivacyDetector {
     fn topics(&self, text: &str, hits: &[Hit], from_user: bool, sink: &mut Sink<'_>) {
         let bytes = text.as_bytes();
         for hit in hits {
-            let Some(term) = hit.roles.term.and_then(|i| TERMS.get(i)) else {
+            let Some(term) = hit.roles.term.and_then(|i| self.terms.get(i)) else {
                 continue;
             };
             let start = hit.start;
@@ -631,7 +892,7 @@ impl PrivacyDetector {
             } else {
                 PiiKind::TopicMention
             };
-            sink.push(kind, start, end);
+            sink.push_topic(kind, term.topic, start, end);
         }
     }
 }
@@ -640,15 +901,18 @@ impl PrivacyDetector {
 /// number is not also a phone number).
 struct Sink<'a> {
     out: &'a mut Vec<Finding>,
-    first: usize,
     message: usize,
+    /// The claimed spans of this message, sorted and disjoint, so a claim costs a binary
+    /// search however many findings a long text has.
+    claimed: Vec<(usize, usize)>,
 }
 
 impl Sink<'_> {
     fn taken(&self, start: usize, end: usize) -> bool {
-        self.out
-            .get(self.first..)
-            .is_some_and(|mine| mine.iter().any(|f| f.start < end && start < f.end))
+        // The last claimed span that starts before `end` is the only one that can overlap:
+        // the spans are disjoint, so their ends are sorted too.
+        let i = self.claimed.partition_point(|(s, _)| *s < end);
+        i > 0 && self.claimed.get(i - 1).is_some_and(|(_, e)| *e > start)
     }
 
     /// Adds a finding unless an earlier one overlaps it; says whether it was added.
@@ -660,9 +924,33 @@ impl Sink<'_> {
         true
     }
 
-    fn push(&mut self, kind: PiiKind, start: usize, end: usize) {
+    /// Like [`claim`](Self::claim), with a weight of its own (a custom pattern's).
+    fn claim_weighted(&mut self, kind: PiiKind, start: usize, end: usize, weight: f32) -> bool {
+        if start >= end || self.taken(start, end) {
+            return false;
+        }
+        let at = self.claimed.partition_point(|(s, _)| *s < start);
+        self.claimed.insert(at, (start, end));
         self.out.push(Finding {
             kind,
+            topic: None,
+            weight,
+            message: self.message,
+            start,
+            end,
+        });
+        true
+    }
+
+    fn push(&mut self, kind: PiiKind, start: usize, end: usize) {
+        self.claim_weighted(kind, start, end, kind.weight());
+    }
+
+    fn push_topic(&mut self, kind: PiiKind, topic: Topic, start: usize, end: usize) {
+        self.out.push(Finding {
+            kind,
+            topic: Some(topic),
+            weight: kind.weight(),
             message: self.message,
             start,
             end,
@@ -672,6 +960,37 @@ impl Sink<'_> {
 
 // ---------------------------------------------------------------------------------------------
 // Secrets
+
+/// The value after a credential keyword with no separator: the next word, or the word after
+/// a "for <service>" of up to three words ("пароль от почты Lisa_1990"). Offsets in `tail`.
+fn bare_value(tail: &str) -> Option<(usize, usize)> {
+    const FOR: &[&str] = &["for", "to", "of", "für", "pour", "para", "del", "от", "для"];
+    let words: Vec<(usize, &str)> = tail
+        .split(' ')
+        .scan(0usize, |at, w| {
+            let start = *at;
+            *at += w.len() + 1;
+            Some((start, w))
+        })
+        .skip(1)
+        .take(5)
+        .collect();
+    let (first_at, first) = *words.first()?;
+    if first.is_empty() || first.contains(['\n', '\t']) {
+        return None;
+    }
+    if !is_any(first, FOR) {
+        return Some((first_at, first_at + first.len()));
+    }
+    // After "for": the first word with a digit, within three words.
+    words
+        .iter()
+        .skip(1)
+        .take(3)
+        .find(|(_, w)| w.bytes().any(|b| b.is_ascii_digit()))
+        .filter(|(_, w)| !w.is_empty() && !w.contains(['\n', '\t']))
+        .map(|(at, w)| (*at, *at + w.len()))
+}
 
 /// Rejects documentation placeholders and word-like strings that merely share a key prefix
 /// ("sk-learn-tutorial-for-beginners").
@@ -719,7 +1038,8 @@ fn url_password(text: &str, after_scheme: usize) -> Option<(usize, usize)> {
     let colon = userinfo.find(':')?;
     let password = userinfo.get(colon + 1..)?;
     let user = userinfo.get(..colon)?;
-    if user.is_empty() || password.is_empty() || placeholder(password) {
+    // `redis://:password@host` has no user.
+    if password.is_empty() || placeholder(password) || (user.is_empty() && password.len() < 6) {
         return None;
     }
     let lower = password.to_ascii_lowercase();
@@ -763,6 +1083,8 @@ fn assigned_secret(
         return None;
     }
     let word_sep = sep.trim().chars().next().is_some_and(char::is_alphabetic) || sep.contains('s');
+    // "Мой пароль Qwerty2024!", "my password hunter2": no separator at all.
+    let bare = sep.trim().is_empty();
     let keyword = text.get(kw_start..kw_end)?;
     let is_pin = keyword.len() >= 3
         && keyword
@@ -820,6 +1142,18 @@ fn assigned_secret(
         return (pin_like && cued).then_some((val_start, val_start + v.len()));
     }
     let strong = digits > 0 || symbols || (mixed_case && (quoted || word_sep));
+    if bare {
+        // Only something password-like: "my password reset link" is prose. Without a
+        // possessive it must look generated: both cases and a digit, eight characters.
+        let letters_and_digits = digits > 0 && v.chars().any(char::is_alphabetic);
+        let generated = digits > 0
+            && v.chars().any(char::is_uppercase)
+            && v.chars().any(char::is_lowercase)
+            && v.chars().count() >= 8;
+        let accepted = !is_pin
+            && ((possessive && (letters_and_digits || symbols) && v.len() >= 6) || generated);
+        return accepted.then_some((val_start, val_start + v.len()));
+    }
     let accepted = if is_token {
         v.len() >= 16 && strong
     } else if strong {
@@ -1020,6 +1354,28 @@ fn address_context(text: &str, (start, end): (usize, usize)) -> bool {
     rest.chars().next().is_some_and(char::is_uppercase)
 }
 
+/// A Russian street before a house number, "ул. Ленина, д. 5", "улица Тверская 7": where
+/// it starts.
+fn russian_street(text: &str, number: usize) -> Option<usize> {
+    static RU_STREET: std::sync::LazyLock<Option<Regex>> = std::sync::LazyLock::new(|| {
+        Regex::new(
+            r"(?:^|[^\p{L}])((?i:ул\.|улица|улице|пр-т|проспект|пер\.|переулок|шоссе|бульвар|б-р|наб\.|набережная|пл\.|площадь)[\t\x20]*\p{Lu}[\p{L}\-]*(?:[\t\x20]+\p{Lu}[\p{L}\-]*)?,?[\t\x20]*(?:(?i:д\.|дом)[\t\x20]*)?)$",
+        )
+        .ok()
+    });
+    let mut from = number.saturating_sub(80);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    let window = text.get(from..number)?;
+    // Cyrillic letters start with 0xD0 or 0xD1 in UTF-8.
+    if !window.bytes().any(|b| b == 0xD0 || b == 0xD1) {
+        return None;
+    }
+    let caps = RU_STREET.as_ref()?.captures(window)?;
+    caps.get(1).map(|m| from + m.start())
+}
+
 /// "Hauptstraße 5", "Calle Mayor 5", "Via Roma 12", "Rue de Rivoli 10", "PO Box 1234": the
 /// street comes before the number.
 fn street_before(text: &str, run: Run) -> Option<(usize, usize)> {
@@ -1032,6 +1388,9 @@ fn street_before(text: &str, run: Run) -> Option<(usize, usize)> {
     }
     if bytes.get(end).is_some_and(u8::is_ascii_alphanumeric) {
         return None;
+    }
+    if let Some(start) = russian_street(text, run.start) {
+        return Some((start, end));
     }
     let between = text.get(..run.start)?;
     if !between.ends_with(' ') || between.ends_with(". ") {
@@ -1090,10 +1449,14 @@ const AMOUNT: u8 = 32;
 /// Personal exactly when a value (a word with four or more digits) follows ("DOB
 /// 03/04/1985", "account number is 31926819"), whoever's it is.
 const VALUE: u8 = 64;
+/// A stem: up to three more letters may follow (Russian case endings).
+const STEM: u8 = 128;
 
 #[derive(Debug, Clone, Copy)]
-struct Term {
+pub(super) struct Term {
     text: &'static str,
+    /// What the term is about.
+    topic: Topic,
     flags: u8,
     /// The topic does not count right after these words ("technical debt").
     not_after: &'static [&'static str],
@@ -1101,9 +1464,10 @@ struct Term {
     not_before: &'static [&'static str],
 }
 
-const fn t(text: &'static str) -> Term {
+pub(super) const fn t(text: &'static str) -> Term {
     Term {
         text,
+        topic: Topic::Health,
         flags: 0,
         not_after: &[],
         not_before: &[],
@@ -1111,7 +1475,11 @@ const fn t(text: &'static str) -> Term {
 }
 
 impl Term {
-    const fn with(self, flags: u8) -> Term {
+    pub(super) const fn on(self, topic: Topic) -> Term {
+        Term { topic, ..self }
+    }
+
+    pub(super) const fn with(self, flags: u8) -> Term {
         Term {
             flags: self.flags | flags,
             ..self
@@ -1132,7 +1500,7 @@ impl Term {
         }
     }
 
-    fn has(&self, flags: u8) -> bool {
+    const fn has(&self, flags: u8) -> bool {
         self.flags & flags != 0
     }
 }
@@ -1293,6 +1661,7 @@ const TERMS: &[Term] = &[
     t("no reason to live").with(QUIET),
     // abuse
     t("abuse")
+        .on(Topic::Legal)
         .not_after(&[
             "api",
             "notation",
@@ -1310,96 +1679,94 @@ const TERMS: &[Term] = &[
             "power",
         ])
         .not_before(&["of"]),
-    t("abused"),
-    t("abusive"),
-    t("assault").not_before(&["rifle", "rifles", "weapon", "weapons"]),
-    t("assaulted"),
-    t("sexual assault"),
-    t("rape"),
-    t("raped"),
-    t("molested"),
-    t("domestic violence"),
-    t("raped me").with(SELF),
-    t("abused me").with(SELF),
-    t("abuses me").with(SELF),
-    t("molested me").with(SELF),
-    t("hits me").with(AGENT),
-    t("hit me").with(AGENT),
-    t("beats me").with(AGENT),
-    t("beat me").with(AGENT),
-    t("beating me").with(AGENT),
-    t("hurts me").with(AGENT),
-    t("slapped me").with(AGENT),
-    t("punched me").with(AGENT),
-    t("kicked me").with(AGENT),
-    t("choked me").with(AGENT),
-    t("strangled me").with(AGENT),
-    t("threatened me").with(AGENT),
-    t("threatens me").with(AGENT),
-    t("stalking me").with(AGENT),
-    t("stalker"),
-    t("harassed"),
-    t("harassment"),
+    t("abused").on(Topic::Legal),
+    t("abusive").on(Topic::Legal),
+    t("assault")
+        .on(Topic::Legal)
+        .not_before(&["rifle", "rifles", "weapon", "weapons"]),
+    t("assaulted").on(Topic::Legal),
+    t("sexual assault").on(Topic::Legal),
+    t("rape").on(Topic::Legal),
+    t("raped").on(Topic::Legal),
+    t("molested").on(Topic::Legal),
+    t("domestic violence").on(Topic::Legal),
+    t("raped me").on(Topic::Legal).with(SELF),
+    t("abused me").on(Topic::Legal).with(SELF),
+    t("abuses me").on(Topic::Legal).with(SELF),
+    t("molested me").on(Topic::Legal).with(SELF),
+    t("hits me").on(Topic::Legal).with(AGENT),
+    t("hit me").on(Topic::Legal).with(AGENT),
+    t("beats me").on(Topic::Legal).with(AGENT),
+    t("beat me").on(Topic::Legal).with(AGENT),
+    t("beating me").on(Topic::Legal).with(AGENT),
+    t("hurts me").on(Topic::Legal).with(AGENT),
+    t("slapped me").on(Topic::Legal).with(AGENT),
+    t("punched me").on(Topic::Legal).with(AGENT),
+    t("kicked me").on(Topic::Legal).with(AGENT),
+    t("choked me").on(Topic::Legal).with(AGENT),
+    t("strangled me").on(Topic::Legal).with(AGENT),
+    t("threatened me").on(Topic::Legal).with(AGENT),
+    t("threatens me").on(Topic::Legal).with(AGENT),
+    t("stalking me").on(Topic::Legal).with(AGENT),
+    t("stalker").on(Topic::Legal),
+    t("harassed").on(Topic::Legal),
+    t("harassment").on(Topic::Legal),
     // legal and identity
-    t("arrested"),
-    t("criminal record"),
-    t("dui"),
-    t("dwi"),
-    t("drunk driving"),
-    t("parole"),
-    t("probation"),
-    t("felony"),
-    t("felon"),
-    t("misdemeanor"),
-    t("misdemeanour"),
-    t("convicted"),
-    t("conviction for"),
-    t("criminal conviction"),
-    t("prior conviction"),
-    t("previous conviction"),
-    t("deported"),
-    t("deportation"),
-    t("asylum"),
-    t("green card"),
-    t("visa status"),
-    t("immigration status"),
-    t("undocumented"),
-    t("illegal immigrant"),
-    t("overstayed"),
-    t("lawsuit"),
-    t("sued"),
-    t("restraining order"),
-    t("jail"),
-    t("prison"),
-    t("court date"),
-    t("charged with"),
-    t("plea deal"),
-    t("divorce"),
-    t("custody battle"),
-    t("child custody"),
-    t("custody of"),
-    t("child support"),
-    t("alimony"),
-    t("passport number").with(VALUE),
-    t("social security"),
-    t("date of birth").with(VALUE),
-    t("dob").with(VALUE | QUIET),
-    t("born on").with(QUIET),
+    t("arrested").on(Topic::Legal),
+    t("criminal record").on(Topic::Legal),
+    t("dui").on(Topic::Legal),
+    t("dwi").on(Topic::Legal),
+    t("drunk driving").on(Topic::Legal),
+    t("parole").on(Topic::Legal),
+    t("probation").on(Topic::Legal),
+    t("felony").on(Topic::Legal),
+    t("felon").on(Topic::Legal),
+    t("misdemeanor").on(Topic::Legal),
+    t("misdemeanour").on(Topic::Legal),
+    t("convicted").on(Topic::Legal),
+    t("conviction for").on(Topic::Legal),
+    t("criminal conviction").on(Topic::Legal),
+    t("prior conviction").on(Topic::Legal),
+    t("previous conviction").on(Topic::Legal),
+    t("deported").on(Topic::Legal),
+    t("deportation").on(Topic::Legal),
+    t("asylum").on(Topic::Legal),
+    t("green card").on(Topic::Legal),
+    t("visa status").on(Topic::Legal),
+    t("immigration status").on(Topic::Legal),
+    t("undocumented").on(Topic::Legal),
+    t("illegal immigrant").on(Topic::Legal),
+    t("overstayed").on(Topic::Legal),
+    t("lawsuit").on(Topic::Legal),
+    t("sued").on(Topic::Legal),
+    t("restraining order").on(Topic::Legal),
+    t("jail").on(Topic::Legal),
+    t("prison").on(Topic::Legal),
+    t("court date").on(Topic::Legal),
+    t("charged with").on(Topic::Legal),
+    t("plea deal").on(Topic::Legal),
+    t("divorce").on(Topic::Legal),
+    t("custody battle").on(Topic::Legal),
+    t("child custody").on(Topic::Legal),
+    t("custody of").on(Topic::Legal),
+    t("child support").on(Topic::Legal),
+    t("alimony").on(Topic::Legal),
+    t("social security").on(Topic::Legal),
     // money
-    t("salary"),
-    t("my income").with(SELF),
-    t("income").with(QUIET).not_before(&[
+    t("salary").on(Topic::Finances),
+    t("my income").on(Topic::Finances).with(SELF),
+    t("income").on(Topic::Finances).with(QUIET).not_before(&[
         "statement",
         "statements",
         "inequality",
         "distribution",
         "tax",
     ]),
-    t("bank account"),
-    t("account number").with(VALUE),
-    t("credit score"),
-    t("credit card debt"),
-    t("debt").not_after(&[
+    t("bank account").on(Topic::Finances),
+    t("account number").on(Topic::Finances).with(VALUE),
+    t("credit score").on(Topic::Finances),
+    t("credit card debt").on(Topic::Finances),
+    t("debt").on(Topic::Finances).not_after(&[
         "technical",
         "tech",
         "design",
@@ -1413,43 +1780,43 @@ const TERMS: &[Term] = &[
         "architectural",
         "architecture",
     ]),
-    t("in debt"),
-    t("loan"),
-    t("payday loan"),
-    t("mortgage"),
-    t("bankrupt"),
-    t("bankruptcy"),
-    t("foreclosure"),
-    t("evicted"),
-    t("eviction"),
-    t("tax return"),
-    t("net worth"),
-    t("overdraft"),
-    t("owe").with(AMOUNT),
-    t("behind on rent"),
-    t("pin code").with(VALUE),
-    t("routing number").with(VALUE),
-    t("sort code").with(VALUE),
+    t("in debt").on(Topic::Finances),
+    t("loan").on(Topic::Finances),
+    t("payday loan").on(Topic::Finances),
+    t("mortgage").on(Topic::Finances),
+    t("bankrupt").on(Topic::Finances),
+    t("bankruptcy").on(Topic::Finances),
+    t("foreclosure").on(Topic::Finances),
+    t("evicted").on(Topic::Finances),
+    t("eviction").on(Topic::Finances),
+    t("tax return").on(Topic::Finances),
+    t("net worth").on(Topic::Finances),
+    t("overdraft").on(Topic::Finances),
+    t("owe").on(Topic::Finances).with(AMOUNT),
+    t("behind on rent").on(Topic::Finances),
+    t("pin code").on(Topic::Finances).with(VALUE),
+    t("routing number").on(Topic::Finances).with(VALUE),
+    t("sort code").on(Topic::Finances).with(VALUE),
     // work
-    t("got fired").not_before(&["up"]),
-    t("was fired"),
-    t("been fired"),
-    t("get fired"),
-    t("getting fired"),
-    t("fired me").with(SELF),
-    t("fired from"),
-    t("laid off"),
-    t("lost my job").with(SELF),
-    t("unemployed"),
-    t("disciplinary"),
-    t("performance improvement plan"),
+    t("got fired").on(Topic::Work).not_before(&["up"]),
+    t("was fired").on(Topic::Work),
+    t("been fired").on(Topic::Work),
+    t("get fired").on(Topic::Work),
+    t("getting fired").on(Topic::Work),
+    t("fired me").on(Topic::Work).with(SELF),
+    t("fired from").on(Topic::Work),
+    t("laid off").on(Topic::Work),
+    t("lost my job").on(Topic::Work).with(SELF),
+    t("unemployed").on(Topic::Work),
+    t("disciplinary").on(Topic::Work),
+    t("performance improvement plan").on(Topic::Work),
     // intimate and beliefs
-    t("sexual orientation"),
-    t("gay"),
-    t("lesbian"),
-    t("bisexual"),
-    t("transgender"),
-    t("trans").with(QUIET).not_before(&[
+    t("sexual orientation").on(Topic::Sexuality),
+    t("gay").on(Topic::Sexuality),
+    t("lesbian").on(Topic::Sexuality),
+    t("bisexual").on(Topic::Sexuality),
+    t("transgender").on(Topic::Sexuality),
+    t("trans").on(Topic::Sexuality).with(QUIET).not_before(&[
         "fat",
         "fats",
         "atlantic",
@@ -1462,14 +1829,14 @@ const TERMS: &[Term] = &[
         "configuration",
         "am",
     ]),
-    t("student loan"),
-    t("come out as"),
-    t("come out to"),
-    t("came out as"),
-    t("came out to"),
-    t("coming out as"),
-    t("coming out to"),
-    t("affair").not_after(&[
+    t("student loan").on(Topic::Finances),
+    t("come out as").on(Topic::Sexuality),
+    t("come out to").on(Topic::Sexuality),
+    t("came out as").on(Topic::Sexuality),
+    t("came out to").on(Topic::Sexuality),
+    t("coming out as").on(Topic::Sexuality),
+    t("coming out to").on(Topic::Sexuality),
+    t("affair").on(Topic::Sexuality).not_after(&[
         "current",
         "foreign",
         "world",
@@ -1497,33 +1864,33 @@ const TERMS: &[Term] = &[
         "urban",
         "civil",
     ]),
-    t("cheating on"),
-    t("cheated on"),
-    t("sex life"),
-    t("virginity"),
-    t("religion"),
-    t("religious beliefs"),
-    t("my faith").with(SELF),
-    t("political views"),
-    t("union member"),
+    t("cheating on").on(Topic::Sexuality),
+    t("cheated on").on(Topic::Sexuality),
+    t("sex life").on(Topic::Sexuality),
+    t("virginity").on(Topic::Sexuality),
+    t("religion").on(Topic::Religion),
+    t("religious beliefs").on(Topic::Religion),
+    t("my faith").on(Topic::Religion).with(SELF),
+    t("political views").on(Topic::Religion),
+    t("union member").on(Topic::Religion),
     // a few other languages
     t("krebs"),
     t("schwanger"),
-    t("scheidung"),
-    t("schulden"),
+    t("scheidung").on(Topic::Legal),
+    t("schulden").on(Topic::Finances),
     t("selbstmord"),
     t("suizid"),
     t("enceinte"),
     t("dépression"),
     t("avortement"),
-    t("dettes"),
+    t("dettes").on(Topic::Finances),
     t("embarazada"),
     t("cáncer"),
     t("depresión"),
     t("ansiedad"),
     t("aborto"),
-    t("divorcio"),
-    t("deudas"),
+    t("divorcio").on(Topic::Legal),
+    t("deudas").on(Topic::Finances),
     t("suicidarme").with(SELF),
     t("me diagnosticaron").with(SELF),
     t("diagnosticado"),
@@ -1846,10 +2213,8 @@ mod tests {
         assert!(kinds("code 12345678A").is_empty(), "wrong DNI letter");
         assert_eq!(kinds("CF RSSMRA85T10A562S"), vec![PiiKind::NationalId]);
         assert!(kinds("passport expires 12/03/2030").is_empty());
-        assert_eq!(
-            kinds("the passport number is required"),
-            vec![PiiKind::TopicMention]
-        );
+        // A passport number is a national id when one is given, not a topic.
+        assert!(kinds("the passport number is required").is_empty());
         assert!(kinds("000-12-3456").is_empty());
     }
 
@@ -2013,6 +2378,145 @@ mod tests {
             kinds("I owe $4,000 on my card"),
             vec![PiiKind::SensitiveTopic]
         );
+    }
+
+    #[test]
+    fn ipv6_hosts_are_public_addresses_only() {
+        for ip in [
+            "2001:db8:85a3::8a2e:370:7334",
+            "2606:4700:4700::1111",
+            "2001:0db8:0000:0000:0000:ff00:0042:8329",
+        ] {
+            assert_eq!(
+                spans(&format!("my host is {ip}, thanks")),
+                vec![(PiiKind::IpAddress, ip)],
+                "{ip}"
+            );
+        }
+        for text in [
+            "listen on [::1]:3000",
+            "fe80::1ff:fe23:4567:890a%eth0",
+            "fd12:3456:789a::1 inside",
+            "use std::io::Result;",
+            "a::b and c::d",
+            "10:30:45",
+            "ff02::1 multicast",
+        ] {
+            assert!(kinds(text).is_empty(), "{text}: {:?}", spans(text));
+        }
+    }
+
+    #[test]
+    fn mac_addresses_in_three_notations() {
+        for mac in ["00:1A:2B:3C:4D:5E", "a4-5e-60-d2-3f-11", "001a.2b3c.4d5e"] {
+            assert_eq!(
+                spans(&format!("device {mac} drops")),
+                vec![(PiiKind::MacAddress, mac)],
+                "{mac}"
+            );
+        }
+        assert_eq!(
+            kinds("MAC 00-14-22-01-23-45"),
+            vec![PiiKind::MacAddress],
+            "digits only, after a MAC word"
+        );
+        for text in [
+            "ff:ff:ff:ff:ff:ff",
+            "00:00:00:00:00:00",
+            "code 12-34-56-78-90-12",
+            "version 1234.5678.9012",
+        ] {
+            assert!(
+                !kinds(text).contains(&PiiKind::MacAddress),
+                "{text}: {:?}",
+                spans(text)
+            );
+        }
+    }
+
+    #[test]
+    fn dates_of_birth_need_a_birth_word() {
+        for (text, date) in [
+            ("DOB: 03/04/1985", "03/04/1985"),
+            ("I was born on 12 March 1985 in Leeds", "12 March 1985"),
+            ("born on July 4th, 1976", "July 4th, 1976"),
+            ("Geburtsdatum: 12.03.1985", "12.03.1985"),
+            ("né le 12 mars 1985 à Lyon", "12 mars 1985"),
+            ("nací el 5 de mayo de 1990", "5 de mayo de 1990"),
+            ("дата рождения: 12.03.1985", "12.03.1985"),
+            ("я родился 5 мая 1990 года", "5 мая 1990"),
+        ] {
+            assert!(
+                spans(text).contains(&(PiiKind::DateOfBirth, date)),
+                "{text}: {:?}",
+                spans(text)
+            );
+        }
+        for text in [
+            "Deadline is 03/04/2025",
+            "Mozart was born in 1756",
+            "The company was born on a napkin in 2009",
+            "born on 45/13/1990",
+            "born on Blursday 3, 1990",
+        ] {
+            assert!(
+                !kinds(text).contains(&PiiKind::DateOfBirth),
+                "{text}: {:?}",
+                spans(text)
+            );
+        }
+    }
+
+    #[test]
+    fn russian_stems_take_endings_but_not_other_words() {
+        let topics = |text: &str| -> Vec<Option<Topic>> {
+            let mut out = Vec::new();
+            detector().scan_text(0, text, &mut out);
+            out.into_iter()
+                .filter(|f| f.kind == PiiKind::SensitiveTopic)
+                .map(|f| f.topic)
+                .collect()
+        };
+        assert_eq!(topics("У меня депрессия"), vec![Some(Topic::Health)]);
+        assert_eq!(topics("Я страдаю от депрессии"), vec![Some(Topic::Health)]);
+        assert_eq!(topics("у меня долги"), vec![Some(Topic::Finances)]);
+        assert!(topics("мой долгий путь домой").is_empty());
+        assert!(topics("я купил ракету").is_empty());
+    }
+
+    #[test]
+    fn policy_words_and_patterns_extend_the_detector() {
+        let policy = crate::Policy::from_toml(
+            "[privacy.topics]\nreligion = [\"Pastafarian\"]\n[[privacy.patterns]]\nregex = 'EMP-\\d{6}'\ncategory = \"employee_id\"\nweight = 0.9\n[[privacy.patterns]]\nregex = 'PAT\\d{8}'\ncategory = \"national_id\"\n",
+            "t.toml",
+        )
+        .unwrap_or_default();
+        let d = PrivacyDetector::with_policy(&policy.privacy).unwrap_or_default();
+        let req = ChatRequest::user("I'm a Pastafarian; EMP-123456 and PAT12345678 are mine");
+        let report = d.scan(&req);
+        let names: Vec<(&str, usize)> = report
+            .categories
+            .iter()
+            .map(|c| (c.category.as_str(), c.count))
+            .collect();
+        assert_eq!(
+            names,
+            vec![("employee_id", 1), ("national_id", 1), ("religion", 1)]
+        );
+        let emp = report
+            .findings
+            .iter()
+            .find(|f| matches!(f.kind, PiiKind::Custom(0)));
+        assert_eq!(emp.map(|f| f.weight), Some(0.9));
+        assert_eq!(PrivacyDetector::new().scan(&req).categories.len(), 0);
+    }
+
+    #[test]
+    fn message_labels_raise_the_score() {
+        let req = ChatRequest::new(vec![
+            elmroute_core::Message::user("the plan").with_sensitivity(Sensitivity::Internal),
+        ]);
+        assert!(detector().scan(&req).score >= 0.5);
     }
 
     #[test]

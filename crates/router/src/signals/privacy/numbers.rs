@@ -153,7 +153,8 @@ impl Region<'_> {
                     let Some(r) = self.run(j) else { break };
                     if used.get(j).copied().unwrap_or(true)
                         || !matches!(self.sep(j), " " | "-")
-                        || !(3..=6).contains(&r.len())
+                        // 2: the tail of a 14-digit Diners number written in fours.
+                        || !(2..=6).contains(&r.len())
                     {
                         break;
                     }
@@ -343,8 +344,41 @@ impl Region<'_> {
                 if sink.claim(PiiKind::Phone, s, e) {
                     self.mark(used, s, e);
                 }
+            } else {
+                self.phones_within(k, m, used, sink);
             }
             k = m + 1;
+        }
+    }
+
+    /// Two numbers written one after the other ("+44 20 7946 0958 (415) 555-0134") make one
+    /// region that is no phone number as a whole: try the numbers that start with `+` or `(`
+    /// inside it, longest first.
+    fn phones_within(&self, k: usize, m: usize, used: &mut [bool], sink: &mut Sink<'_>) {
+        let bytes = self.bytes();
+        let mut i = k;
+        while i <= m {
+            let marked = self
+                .run(i)
+                .and_then(|r| r.start.checked_sub(1))
+                .and_then(|p| bytes.get(p))
+                .is_some_and(|b| *b == b'+' || *b == b'(');
+            let found = marked
+                .then(|| {
+                    (i..=m.min(i + 6))
+                        .rev()
+                        .find_map(|j| self.phone(i, j).map(|span| (j, span)))
+                })
+                .flatten();
+            match found {
+                Some((j, (s, e))) => {
+                    if sink.claim(PiiKind::Phone, s, e) {
+                        self.mark(used, s, e);
+                    }
+                    i = j + 1;
+                }
+                None => i += 1,
+            }
         }
     }
 
@@ -380,8 +414,9 @@ impl Region<'_> {
         if before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'#') {
             return None;
         }
-        if plus && before.is_some_and(|b| b == b' ') {
-            // "3 +14155550134" is arithmetic.
+        if plus && groups == 1 && before.is_some_and(|b| b == b' ') {
+            // "3 +14155550134" is arithmetic; "... 1111 +44 20 7946 0958", grouped the way
+            // numbers are dialled, is a phone number after another number.
             let prev = text_before_non_space(bytes, start);
             if prev.is_some_and(|b| b.is_ascii_digit() || b == b')') {
                 return None;
@@ -407,7 +442,10 @@ impl Region<'_> {
             && spaced_or_dashed
             && lens.iter().skip(1).all(|l| *l >= 2)
             && (groups < 5 || lens.iter().all(|l| *l == 2));
-        let strong = (international && groups <= 6 && total >= 8)
+        // Russian and other CIS national numbers: trunk 8, then ten digits, "8 (916) 123-45-67".
+        let cis_trunk = first_digits == "8" && total == 11 && groups >= 3 && (paren || groups >= 4);
+        let strong = cis_trunk
+            || (international && groups <= 6 && total >= 8)
             || (nanp && (paren || !seps.is_empty()))
             || trunk;
         if dotted && !(nanp || international) {
@@ -417,10 +455,18 @@ impl Region<'_> {
             return None;
         }
         // "a phone number like 555-123-4567", "e.g. +1 202 555 0100": a format, not a number.
-        if WordsBack::new(self.text, start)
+        let back: Vec<&str> = WordsBack::new(self.text, start)
             .take(2)
-            .any(|(_, w)| is_any(w, EXAMPLE_WORDS))
-        {
+            .map(|(_, w)| w)
+            .collect();
+        // "the format 555-123-4567" (a noun), not "format +49 30 901820" (a verb).
+        let format_noun = back
+            .first()
+            .is_some_and(|w| is_any(w, &["format", "formats"]))
+            && back
+                .get(1)
+                .is_some_and(|w| is_any(w, &["the", "a", "this", "that", "same"]));
+        if format_noun || back.iter().any(|w| is_any(w, EXAMPLE_WORDS)) {
             return None;
         }
         let (cue, veto) = phone_context(self.text, start, last.end);

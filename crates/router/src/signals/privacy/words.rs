@@ -140,6 +140,12 @@ pub(super) fn eq_word(w: &str, target: &str) -> bool {
     if w.is_ascii() {
         return w.eq_ignore_ascii_case(target);
     }
+    // A word with a letter outside ASCII never equals an ASCII word (’ reads as ' and is the
+    // one exception): skip the Unicode case folding, which dominates scans of non-English
+    // text otherwise.
+    if target.is_ascii() && w.chars().any(|c| !c.is_ascii() && c != '’') {
+        return false;
+    }
     let mut a = w.chars().map(|c| if c == '’' { '\'' } else { c });
     let mut b = target.chars();
     loop {
@@ -160,14 +166,25 @@ pub(super) fn is_any(w: &str, list: &[&str]) -> bool {
     if w.is_empty() {
         return false;
     }
-    if list.iter().any(|t| eq_word(w, t)) {
+    let any = |w: &str| {
+        if w.is_ascii() {
+            // The common case, decided without Unicode: equal lengths, then bytes.
+            list.iter()
+                .any(|t| t.len() == w.len() && t.eq_ignore_ascii_case(w))
+        } else {
+            let foreign = w.chars().any(|c| !c.is_ascii() && c != '’');
+            list.iter()
+                .any(|t| (!foreign || !t.is_ascii()) && eq_word(w, t))
+        }
+    };
+    if any(w) {
         return true;
     }
     let stem = w
         .strip_suffix("'s")
         .or_else(|| w.strip_suffix("’s"))
         .or_else(|| w.strip_suffix("'S"));
-    stem.is_some_and(|s| !s.is_empty() && list.iter().any(|t| eq_word(s, t)))
+    stem.is_some_and(|s| !s.is_empty() && any(s))
 }
 
 pub(super) fn word_start(bytes: &[u8], i: usize) -> bool {
@@ -194,4 +211,26 @@ pub(super) fn glued_to_code(bytes: &[u8], end: usize) -> bool {
         bytes.get(end),
         Some(b':' | b'.' | b'<' | b'_' | b'(' | b'/')
     ) && bytes.get(end + 1).is_some_and(|b| !b.is_ascii_whitespace())
+}
+
+/// The end of a stem's word: up to three more letters after `end` (a case ending).
+pub(super) fn stem_end(text: &str, end: usize) -> usize {
+    let mut e = end;
+    for (n, c) in text.get(end..).unwrap_or("").chars().enumerate() {
+        if n >= 3 || !c.is_alphabetic() {
+            break;
+        }
+        e += c.len_utf8();
+    }
+    e
+}
+
+/// Whether a non-ASCII letter touches `start..end`: a word of another script is not cut out
+/// of a longer one ("рак" is not in "ракета"). ASCII neighbours are judged by
+/// [`word_start`] and [`word_end`].
+pub(super) fn letters_around(text: &str, start: usize, end: usize) -> bool {
+    let foreign_letter = |c: char| !c.is_ascii() && c.is_alphabetic();
+    let before = text.get(..start).and_then(|h| h.chars().next_back());
+    let after = text.get(end..).and_then(|t| t.chars().next());
+    before.is_some_and(foreign_letter) || after.is_some_and(foreign_letter)
 }
