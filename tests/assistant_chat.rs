@@ -3,28 +3,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use serde_json::Value;
 use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-/// The example binary cargo built next to this test.
-fn assistant() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin: PathBuf = dir
-        .join("examples")
-        .join(format!("assistant{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "build the example first: {}", bin.display());
-    let mut cmd = Command::new(bin);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .env("RUST_BACKTRACE", "1");
-    cmd
-}
+mod common;
+use common::assistant;
 
 const PRIVATE: &str = "My card 4111 1111 1111 1111 was charged twice and my IBAN is GB82 WEST 1234 5698 7654 32; explain step by step what the bank did wrong.";
 const HARD: &str = "Derive step by step the closed form of T(n) = 2T(n/2) + n log n, prove it by induction, then compare it with the master theorem in a detailed essay with worked examples.";

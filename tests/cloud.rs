@@ -98,6 +98,19 @@ fn router(server_url: String, device: &Device, network: Network) -> Router {
         .unwrap()
 }
 
+/// Streams `prompt` through `router`: the text and the route of its `Done` event.
+async fn streamed(router: &Router, prompt: &str) -> (String, Box<elmroute::Route>) {
+    let mut stream = router.stream(ChatRequest::user(prompt)).await.unwrap();
+    let mut text = String::new();
+    while let Some(event) = stream.next().await {
+        match event.unwrap() {
+            StreamEvent::Delta(d) => text.push_str(&d),
+            StreamEvent::Done { route, .. } => return (text, route),
+        }
+    }
+    panic!("the stream ended without a route; text so far: {text}");
+}
+
 async fn requests(server: &MockServer) -> usize {
     server.received_requests().await.unwrap_or_default().len()
 }
@@ -132,22 +145,9 @@ async fn a_cloud_stream_reaches_the_app_through_the_router() {
         .await;
     let device = Device::default();
     let r = router(server.uri(), &device, Network::Online);
-    let events: Vec<_> = r
-        .stream(ChatRequest::user(HARD))
-        .await
-        .unwrap()
-        .collect()
-        .await;
-    let mut text = String::new();
-    let mut route = None;
-    for e in events {
-        match e.unwrap() {
-            StreamEvent::Delta(d) => text.push_str(&d),
-            StreamEvent::Done { route: r, .. } => route = Some(r),
-        }
-    }
+    let (text, route) = streamed(&r, HARD).await;
     assert_eq!(text, "cloud stream");
-    assert_eq!(route.unwrap().target, Target::Cloud);
+    assert_eq!(route.target, Target::Cloud);
 }
 
 #[tokio::test]
@@ -289,21 +289,7 @@ async fn a_stream_cut_by_the_network_continues_on_the_device() {
         .device(state)
         .build()
         .unwrap();
-    let events: Vec<_> = router
-        .stream(ChatRequest::user(HARD))
-        .await
-        .unwrap()
-        .collect()
-        .await;
-    let mut text = String::new();
-    let mut route = None;
-    for e in events {
-        match e.unwrap() {
-            StreamEvent::Delta(d) => text.push_str(&d),
-            StreamEvent::Done { route: r, .. } => route = Some(r),
-        }
-    }
-    let route = route.expect("the stream finished with a route");
+    let (text, route) = streamed(&router, HARD).await;
     assert!(text.starts_with("The recurrence unrolls to "), "{text}");
     assert!(
         text.ends_with("device answer"),

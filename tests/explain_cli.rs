@@ -1,23 +1,12 @@
 //! The assistant's `--explain` contract, run as a real process.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-/// The example binary cargo built next to this test.
-fn assistant() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin: PathBuf = dir
-        .join("examples")
-        .join(format!("assistant{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "build the example first: {}", bin.display());
-    let mut cmd = Command::new(bin);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
-}
+mod common;
+use common::assistant;
 
 fn run(args: &[&str]) -> Output {
     assistant().args(args).output().unwrap()

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg(feature = "local")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -111,16 +113,7 @@ async fn a_down_cloud_falls_back_to_the_real_engine() {
 #[test]
 fn assistant_answers_on_the_device_with_a_model() {
     let dir = model_dir();
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(format!("assistant{}", std::env::consts::EXE_SUFFIX));
-    let out = std::process::Command::new(bin)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+    let out = common::assistant()
         .args([
             "--model-dir",
             dir.path().to_str().unwrap(),

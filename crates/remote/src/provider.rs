@@ -227,35 +227,44 @@ impl OpenAi {
         (delay < left(deadline)).then_some(delay)
     }
 
+    /// Runs `attempt` until it succeeds, the failure is not worth another try, the retry
+    /// budget is spent or the deadline would pass, waiting the back-off in between.
+    async fn with_retries<T, F, Fut>(&self, deadline: Instant, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut tries = 0;
+        loop {
+            let error = match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            let Some(delay) = self.backoff(tries, &error, deadline) else {
+                return Err(error);
+            };
+            tracing::debug!(
+                backend = %self.inner.name,
+                attempt = tries + 1,
+                status = error.http_status(),
+                delay_ms = delay.as_millis() as u64,
+                "retrying cloud request"
+            );
+            sleep(delay).await;
+            tries += 1;
+        }
+    }
+
     async fn complete_inner(&self, request: &ChatRequest) -> Result<Reply> {
         let inner = &*self.inner;
         let deadline = Instant::now() + inner.config.timeouts.total;
         let body = serde_json::to_vec(&ChatBody::new(inner.config.model(), request, false, false))
             .map_err(|e| Error::invalid_request(format!("the request cannot be encoded: {e}")))?;
-        let mut attempt = 0;
-        loop {
-            let result = match self.send(&body, deadline).await {
-                Ok(response) => self.read_reply(response, deadline).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(reply) => return Ok(reply),
-                Err(e) => match self.backoff(attempt, &e, deadline) {
-                    Some(delay) => {
-                        tracing::debug!(
-                            backend = %inner.name,
-                            attempt = attempt + 1,
-                            status = e.http_status(),
-                            delay_ms = delay.as_millis() as u64,
-                            "retrying cloud request"
-                        );
-                        sleep(delay).await;
-                        attempt += 1;
-                    }
-                    None => return Err(e),
-                },
-            }
-        }
+        self.with_retries(deadline, || async {
+            let response = self.send(&body, deadline).await?;
+            self.read_reply(response, deadline).await
+        })
+        .await
     }
 
     async fn read_reply(&self, response: reqwest::Response, deadline: Instant) -> Result<Reply> {
@@ -325,47 +334,25 @@ impl OpenAi {
             inner.config.stream_usage,
         ))
         .map_err(|e| Error::invalid_request(format!("the request cannot be encoded: {e}")))?;
-        let mut attempt = 0;
-        loop {
-            let result = match self.send(&body, deadline).await {
-                Ok(response) => {
-                    let mut reader =
-                        StreamReader::new(self.clone(), body_stream(response), deadline);
-                    // Wait for the first token (or the end): until then a failure is retried.
-                    match reader.next_chunk().await {
-                        Some(Ok(first)) => {
-                            reader.pending.push_front(first);
-                            Ok(reader)
-                        }
-                        Some(Err(e)) => Err(e),
-                        None => Err(Error::protocol("the stream ended before it began")),
+        let reader = self
+            .with_retries(deadline, || async {
+                let response = self.send(&body, deadline).await?;
+                let mut reader = StreamReader::new(self.clone(), body_stream(response), deadline);
+                // Wait for the first token (or the end): until then a failure is retried.
+                match reader.next_chunk().await {
+                    Some(Ok(first)) => {
+                        reader.pending.push_front(first);
+                        Ok(reader)
                     }
+                    Some(Err(e)) => Err(e),
+                    None => Err(Error::protocol("the stream ended before it began")),
                 }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(reader) => {
-                    let stream = futures::stream::unfold(reader, |mut r| async move {
-                        r.next_chunk().await.map(|c| (c, r))
-                    });
-                    return Ok(Box::pin(stream));
-                }
-                Err(e) => match self.backoff(attempt, &e, deadline) {
-                    Some(delay) => {
-                        tracing::debug!(
-                            backend = %inner.name,
-                            attempt = attempt + 1,
-                            status = e.http_status(),
-                            delay_ms = delay.as_millis() as u64,
-                            "retrying cloud stream before its first token"
-                        );
-                        sleep(delay).await;
-                        attempt += 1;
-                    }
-                    None => return Err(e),
-                },
-            }
-        }
+            })
+            .await?;
+        let stream = futures::stream::unfold(reader, |mut r| async move {
+            r.next_chunk().await.map(|c| (c, r))
+        });
+        Ok(Box::pin(stream))
     }
 }
 
