@@ -161,33 +161,33 @@ fn precision_and_recall_per_category_meet_the_bars() {
     assert!(failures.is_empty(), "{}\n{table}", failures.join("\n"));
 }
 
-/// A second, independently written held-out set (`tests/corpus/privacy_heldout2.jsonl`),
-/// measured against the same bars as the main corpus. It is a measurement of how the detector
-/// generalises, so the table is printed with every recall bar, but only the bars that guard
-/// against over-eager rules fail the test: the share of negative lines with a finding and
-/// categories found where none is expected. A recall miss is a known weakness, listed.
+/// Independently written held-out sets, measured against the same bars as the main corpus:
+/// `tests/corpus/privacy_heldout2.jsonl` (written before its first measurement; the detector
+/// was then fixed for the general causes of its misses) and `privacy_heldout3.jsonl`
+/// (written after those fixes and measured before any further change). They measure how the
+/// detector generalises, so each table is printed with every recall bar, but only the bars
+/// that guard against over-eager rules fail the test: the share of negative lines with a
+/// finding and categories found where none is expected. Recall misses are listed.
 #[test]
-fn second_held_out_set_keeps_negatives_clean() {
+fn held_out_sets_keep_negatives_clean() {
     let detector = PrivacyDetector::new();
-    let lines = read_corpus(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/corpus/privacy_heldout2.jsonl"
-    ));
-    assert!(
-        lines.len() >= 200,
-        "the held-out set has {} lines",
-        lines.len()
-    );
-    let all: Vec<&Line> = lines.iter().collect();
-    let (table, failures, misses) = evaluate(&detector, &all);
-    println!("held-out set 2\n{table}");
-    if !misses.is_empty() {
-        println!("lines where found != expected:\n{}", misses.join("\n"));
+    let mut guards = Vec::new();
+    for (name, min_lines) in [("privacy_heldout2", 200), ("privacy_heldout3", 100)] {
+        let path = format!("{}/tests/corpus/{name}.jsonl", env!("CARGO_MANIFEST_DIR"));
+        let lines = read_corpus(&path);
+        assert!(lines.len() >= min_lines, "{name} has {} lines", lines.len());
+        let all: Vec<&Line> = lines.iter().collect();
+        let (table, failures, misses) = evaluate(&detector, &all);
+        println!("{name}\n{table}");
+        if !misses.is_empty() {
+            println!("lines where found != expected:\n{}\n", misses.join("\n"));
+        }
+        let (recall, guard): (Vec<String>, Vec<String>) =
+            failures.into_iter().partition(|f| f.contains(": recall "));
+        if !recall.is_empty() {
+            println!("below the recall bar:\n{}\n", recall.join("\n"));
+        }
+        guards.extend(guard.into_iter().map(|g| format!("{name}: {g}")));
     }
-    let (recall, guards): (Vec<String>, Vec<String>) =
-        failures.into_iter().partition(|f| f.contains(": recall "));
-    if !recall.is_empty() {
-        println!("below the recall bar:\n{}", recall.join("\n"));
-    }
-    assert!(guards.is_empty(), "{}\n{table}", guards.join("\n"));
+    assert!(guards.is_empty(), "{}", guards.join("\n"));
 }

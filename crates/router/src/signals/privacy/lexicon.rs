@@ -1553,6 +1553,12 @@ pub(super) const ID_VETO: &[&str] = &[
     "артикул",
     "посылка",
     "посылки",
+    "codice",
+    "código",
+    "articolo",
+    "artículo",
+    "article",
+    "artikel",
 ];
 
 pub(super) const EXAMPLE_WORDS: &[&str] = &[

@@ -2754,4 +2754,14 @@ mod tests {
         assert!(personal_topics("Spiegami come funziona il mutuo a tasso fisso").is_empty());
         assert!(personal_topics("Non riesco a far funzionare il processo di build").is_empty());
     }
+
+    #[test]
+    fn dotted_cards_and_article_codes() {
+        // 5381 7839 7052 3279 passes Luhn; written with dots it is still a card.
+        assert_eq!(
+            spans("but 5381.7839.7052.3279 failed"),
+            vec![(PiiKind::Card, "5381.7839.7052.3279")]
+        );
+        assert!(kinds("codice articolo 00123-456-789").is_empty());
+    }
 }

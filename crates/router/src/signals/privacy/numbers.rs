@@ -149,10 +149,17 @@ impl Region<'_> {
                 }
             } else if first.len() == 4 {
                 let mut total = 4;
+                // "5381.7839.7052.3279": dots only between groups of four, all of them dots.
+                let dotted = self.sep(k + 1) == ".";
                 for j in k + 1..self.runs.len() {
                     let Some(r) = self.run(j) else { break };
+                    let sep_ok = if dotted {
+                        self.sep(j) == "." && r.len() == 4
+                    } else {
+                        matches!(self.sep(j), " " | "-")
+                    };
                     if used.get(j).copied().unwrap_or(true)
-                        || !matches!(self.sep(j), " " | "-")
+                        || !sep_ok
                         // 2: the tail of a 14-digit Diners number written in fours.
                         || !(2..=6).contains(&r.len())
                     {

@@ -101,6 +101,11 @@ pub(super) const MORE_TERMS: &[Term] = &[
     h("ms diagnosis"),
     h("sobriety"),
     h("sober").with(QUIET),
+    h("oncologist"),
+    h("my oncologist").with(SELF),
+    h("radiation therapy"),
+    h("radiation treatment"),
+    h("dialysis"),
     // English: money
     m("paycheck"),
     m("paycheque"),
@@ -474,6 +479,8 @@ pub(super) const MORE_TERMS: &[Term] = &[
     h("herzinfarkt"),
     h("schlaganfall"),
     h("bluttransfusion"),
+    h("antidepressiva"),
+    h("antidepressivum"),
     m("inkasso"),
     m("pfändung"),
     m("gepfändet"),
@@ -607,5 +614,6 @@ pub(super) const MORE_TERMS: &[Term] = &[
     m("микрозайм").with(STEM),
     l("суд"),
     l("суда"),
+    l("под следствием"),
     l("штраф").with(STEM).with(QUIET),
 ];
