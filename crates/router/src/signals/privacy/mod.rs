@@ -14,7 +14,7 @@
 //! still an IBAN.
 //!
 //! Topics ([`Topic`]: health, finances, legal, sexuality, religion, work) come from
-//! dictionaries in English, German, French, Spanish, Russian and a little Italian and
+//! dictionaries in English, German, French, Spanish, Italian, Russian and a little
 //! Portuguese, which a policy can extend (`[privacy.topics]`), and count as personal only when
 //! the *writer* is their subject or possessor within the same clause ("I was diagnosed with",
 //! "my loan", "у меня долги"), not when they ask about them ("help me write an essay about
