@@ -50,6 +50,35 @@ pub(super) const BIRTH_TAIL: &str = r"(?x)
     (?:$|[^\d\p{L}])
 ";
 
+/// Birth cues that are verbs, which may follow the date ("am 12. Juni 1985 geboren").
+pub(super) const BIRTH_VERBS: &[&str] = &["born", "geboren", "родился", "родилась"];
+
+/// A date that ends right before `pos`, after at most a year word ("1991 года"): its span.
+pub(super) fn date_before(text: &str, pos: usize) -> Option<(usize, usize)> {
+    static HEAD: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"(?x)
+            (?:^|[^\d\p{L}])
+            (?P<d>
+                \d{1,2}[./\-]\d{1,2}[./\-](?:\d{4}|\d{2})
+              | \d{4}[./\-]\d{1,2}[./\-]\d{1,2}
+              | \d{1,2}(?:st|nd|rd|th|er|\.|º)?[\t\x20]+(?:de[\t\x20]+)?\p{L}{3,12}\.?,?(?:[\t\x20]+de)?[\t\x20]+\d{4}
+              | \p{L}{3,12}\.?[\t\x20]+\d{1,2}(?:st|nd|rd|th)?,?[\t\x20]+\d{4}
+            )
+            (?:[\t\x20]+(?:года|г\.|year))?
+            [\t\x20,]*$",
+        )
+        .ok()
+    });
+    let mut from = pos.saturating_sub(48);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    let head = text.get(from..pos)?;
+    let d = HEAD.as_ref()?.captures(head)?.name("d")?;
+    birth_date_ok(d.as_str()).then_some((from + d.start(), from + d.end()))
+}
+
 /// The first three letters of month names (and their common abbreviations) in the languages
 /// above, lowercase.
 const MONTHS: &[&str] = &[

@@ -14,7 +14,7 @@
 //! still an IBAN.
 //!
 //! Topics ([`Topic`]: health, finances, legal, sexuality, religion, work) come from
-//! dictionaries in English, German, French, Spanish, Russian and a little Italian and
+//! dictionaries in English, German, French, Spanish, Italian, Russian and a little
 //! Portuguese, which a policy can extend (`[privacy.topics]`), and count as personal only when
 //! the *writer* is their subject or possessor within the same clause ("I was diagnosed with",
 //! "my loan", "у меня долги"), not when they ask about them ("help me write an essay about
@@ -253,7 +253,7 @@ const TOKENS: &str = r"(?x)
 /// <service>", a separator and a value. Whether the value really is a credential is decided
 /// in code ([`assigned_secret`]).
 const ASSIGNMENT_TAIL: &str = r#"(?x)
-    ^(?:[\t\x20]+(?i:for|to|on|of|at|in|f[üu]r|pour|para|per|de|del|от|для)(?:[\t\x20]+[\p{L}0-9_.@\-]+){1,3}?)?
+    ^(?:[\t\x20]+(?i:for|to|on|of|at|in|f[üu]r|zum|zur|vom|von|pour|du|des|para|per|de|del|della|dello|dei|di|da|do|от|для)(?:[\t\x20]+[\p{L}0-9_.@\-]+){1,3}?)?
     ["']?
     (?P<sep>[\t\x20]+(?i:is|was|are|ist|est|es|è|é|lautet)[\t\x20]*:?[\t\x20]+
         |[\t\x20]*(?::=|=>|->|=|:)[\t\x20]*
@@ -670,7 +670,16 @@ impl PrivacyDetector {
             if let Some(d) = re.captures(tail).and_then(|c| c.name("d")) {
                 if birth_date_ok(d.as_str()) {
                     sink.claim(PiiKind::DateOfBirth, hit.end + d.start(), hit.end + d.end());
+                    continue;
                 }
+            }
+            // Verb-final order: "ich bin am 12. Juni 1985 geboren", "я 7 марта 1991 года
+            // родилась".
+            let verb = text
+                .get(hit.start..hit.end)
+                .is_some_and(|w| is_any(w, BIRTH_VERBS));
+            if let Some((s, e)) = verb.then(|| date_before(text, hit.start)).flatten() {
+                sink.claim(PiiKind::DateOfBirth, s, e);
             }
         }
     }
@@ -689,6 +698,9 @@ impl PrivacyDetector {
                     sink.claim(PiiKind::Secret, s, e);
                 }
             }
+        }
+        for (s, e) in cli_passwords(text) {
+            sink.claim(PiiKind::Secret, s, e);
         }
         let Some(re) = &self.assignment else {
             return;
@@ -964,7 +976,10 @@ impl Sink<'_> {
 /// The value after a credential keyword with no separator: the next word, or the word after
 /// a "for <service>" of up to three words ("пароль от почты Lisa_1990"). Offsets in `tail`.
 fn bare_value(tail: &str) -> Option<(usize, usize)> {
-    const FOR: &[&str] = &["for", "to", "of", "für", "pour", "para", "del", "от", "для"];
+    const FOR: &[&str] = &[
+        "for", "to", "of", "für", "zum", "zur", "vom", "von", "pour", "du", "des", "para", "del",
+        "per", "della", "dello", "di", "от", "для",
+    ];
     let words: Vec<(usize, &str)> = tail
         .split(' ')
         .scan(0usize, |at, w| {
@@ -1024,6 +1039,53 @@ fn token_ok(token: &str) -> bool {
             .any(|part| part.len() >= 12 && part.bytes().all(|b| b.is_ascii_alphanumeric()));
     }
     true
+}
+
+/// Passwords given on a command line: the MySQL family's glued `-pS3cret` and `sshpass -p
+/// S3cret`, on a line that runs that command. Spans of the values.
+fn cli_passwords(text: &str) -> Vec<(usize, usize)> {
+    const GLUED: &[&str] = &[
+        "mysql",
+        "mysqldump",
+        "mysqladmin",
+        "mariadb",
+        "mariadb-dump",
+    ];
+    let mut out = Vec::new();
+    if !text.contains(" -p") {
+        return out;
+    }
+    let mut line_start = 0;
+    for line in text.split_inclusive('\n') {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let glued = words.iter().any(|w| {
+            let name = w.rsplit('/').next().unwrap_or(w);
+            GLUED.iter().any(|c| name.eq_ignore_ascii_case(c))
+        });
+        let sshpass = words.iter().any(|w| w.eq_ignore_ascii_case("sshpass"));
+        for (i, _) in line.match_indices(" -p") {
+            let at = i + 3;
+            let rest = line.get(at..).unwrap_or("");
+            let (value_at, value) = if glued && rest.starts_with(|c: char| !c.is_whitespace()) {
+                (at, rest)
+            } else if sshpass && rest.starts_with(' ') {
+                let trimmed = rest.trim_start();
+                (at + rest.len() - trimmed.len(), trimmed)
+            } else {
+                continue;
+            };
+            let value = value.split_whitespace().next().unwrap_or("");
+            let bare = value.trim_matches(['\'', '"']);
+            let lead = value.len() - value.trim_start_matches(['\'', '"']).len();
+            if bare.len() < 4 || bare.starts_with(['$', '-', '<', '%', '{']) || placeholder(bare) {
+                continue;
+            }
+            let start = line_start + value_at + lead;
+            out.push((start, start + bare.len()));
+        }
+        line_start += line.len();
+    }
+    out
 }
 
 /// The password in `scheme://user:password@host`, if it is not a placeholder.
@@ -1393,11 +1455,23 @@ fn street_before(text: &str, run: Run) -> Option<(usize, usize)> {
         return Some((start, end));
     }
     let between = text.get(..run.start)?;
-    if !between.ends_with(' ') || between.ends_with(". ") {
+    if !between.ends_with(' ') {
         return None;
     }
-    let (w1_start, w1) = WordsBack::new(text, run.start).next()?;
     let capitalised = |w: &str| w.chars().next().is_some_and(char::is_uppercase);
+    if let Some(head) = between.strip_suffix(". ") {
+        // A sentence ends there, unless the period abbreviates a street ("Kaiserstr. 5").
+        let w_start = head
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !c.is_alphabetic())
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let w = head.get(w_start..)?;
+        let lower = w.to_lowercase();
+        let abbreviated = capitalised(w) && lower.ends_with("str") && lower.chars().count() > 5;
+        return abbreviated.then_some((w_start, end));
+    }
+    let (w1_start, w1) = WordsBack::new(text, run.start).next()?;
     if !capitalised(w1) && !eq_word(w1, "box") {
         return None;
     }
@@ -1987,6 +2061,11 @@ fn first_person(text: &str, start: usize, end: usize, term: &Term, next: Option<
         if eq_word(w, "me") && is_any(word(k + 1), ME_VERBS) {
             return true;
         }
+        // Spanish and French "me" is the object of the verb after it: "me han diagnosticado",
+        // "me embargaron la nómina".
+        if eq_word(w, "me") && k >= 1 && romance_verb(word(k - 1)) {
+            return true;
+        }
         // "I make $85,000 a year and have $40k in student loans": a verb joined to an
         // earlier one shares its subject.
         if is_any(w, DISCLOSURE) && is_any(word(k + 1), &["and", "but", "or"]) {
@@ -2001,6 +2080,9 @@ fn first_person(text: &str, start: usize, end: usize, term: &Term, next: Option<
             }
         }
     }
+    if identity_frame(&words[..n], text, end) {
+        return true;
+    }
     // "Cancer took my dad", "the loan on my house".
     for (k, (_, w)) in WordsFwd::new(text, end).take(2).enumerate() {
         if is_any(w, BLOCKERS) {
@@ -2011,6 +2093,40 @@ fn first_person(text: &str, start: usize, end: usize, term: &Term, next: Option<
         }
     }
     false
+}
+
+/// A verb that follows an object pronoun "me" in Spanish or French: a form of "haber" or
+/// "avoir", or a third person plural past ("diagnosticaron", "detuvieron").
+fn romance_verb(w: &str) -> bool {
+    let lower = w.to_lowercase();
+    is_any(
+        w,
+        &["han", "ha", "había", "habían", "ont", "avait", "avaient"],
+    ) || (lower.chars().count() > 6 && (lower.ends_with("aron") || lower.ends_with("ieron")))
+}
+
+/// "As a bisexual woman I feel ...", "en tant que musulmane, je ...", "как верующий, я ...":
+/// the writer names who they are, then speaks in the first person in the same clause.
+/// `back` holds the words before the topic, nearest first.
+fn identity_frame(back: &[&str], text: &str, end: usize) -> bool {
+    const AS: &[&str] = &["as", "als", "como", "come", "как"];
+    let frame = back.iter().take(4).enumerate().any(|(j, w)| {
+        let french = eq_word(w, "que") && back.get(j + 1).is_some_and(|p| eq_word(p, "tant"));
+        let start = is_any(w, AS) || french;
+        // The frame names the writer right away or through an article ("as a devout
+        // Catholic"), not a clause ("come funziona il mutuo").
+        let named = j == 0
+            || back
+                .get(j - 1)
+                .is_some_and(|a| is_any(a, &["a", "an", "ein", "eine", "un", "una", "uno"]));
+        // "such as a gay character" lists examples.
+        start && named && !back.get(j + 1).is_some_and(|p| eq_word(p, "such"))
+    });
+    frame
+        && WordsFwd::new(text, end)
+            .take(12)
+            .take_while(|(_, w)| !is_any(w, BLOCKERS))
+            .any(|(_, w)| is_any(w, DIRECT) || is_any(w, BARE))
 }
 
 fn amount_follows(text: &str, end: usize) -> bool {
@@ -2539,5 +2655,113 @@ mod tests {
                 spans(text)
             );
         }
+    }
+
+    /// The topics found as the writer's own matter in `text`.
+    fn personal_topics(text: &str) -> Vec<Topic> {
+        let mut out = Vec::new();
+        detector().scan_text(0, text, &mut out);
+        out.into_iter()
+            .filter(|f| f.kind == PiiKind::SensitiveTopic)
+            .filter_map(|f| f.topic)
+            .collect()
+    }
+
+    #[test]
+    fn national_phone_formats_with_slashes_and_dotted_pairs() {
+        assert_eq!(
+            spans("erreichbar unter 0171/9876543 ab 17 Uhr"),
+            vec![(PiiKind::Phone, "0171/9876543")]
+        );
+        assert_eq!(
+            spans("mon portable : 07.81.22.45.90"),
+            vec![(PiiKind::Phone, "07.81.22.45.90")]
+        );
+        // Dates and versions keep their slashes and dots.
+        assert!(kinds("am 01/02/2023 um 10:30").is_empty());
+        assert!(kinds("firmware 01.02.03.04.05").is_empty());
+        assert!(kinds("OID 07.81.22.45.90").is_empty());
+        // An id word right before a number in any of the languages beats a cue further back.
+        assert!(kinds("numéro de commande 4021-778-3390").is_empty());
+        assert!(kinds("numero ordine 347 123 4567").is_empty());
+        assert!(kinds("su número de pedido es 408-229-1837").is_empty());
+    }
+
+    #[test]
+    fn command_line_passwords_and_short_keywords() {
+        assert_eq!(
+            spans("mysql -u root -pS3cr3tP4ss shop_db"),
+            vec![(PiiKind::Secret, "S3cr3tP4ss")]
+        );
+        assert_eq!(
+            spans("sshpass -p 'S3cret!' ssh deploy@host"),
+            vec![(PiiKind::Secret, "S3cret!")]
+        );
+        // The password prompt, not a password.
+        assert!(kinds("mysql -u root -p shop_db").is_empty());
+        assert!(kinds("git log -p HEAD~3").is_empty());
+        assert_eq!(
+            spans("login: jsmith / pw: Kx9#mQ2!vL"),
+            vec![(PiiKind::Secret, "Kx9#mQ2!vL")]
+        );
+        assert_eq!(
+            spans("la password della mail è Pizza4Ever#"),
+            vec![(PiiKind::Secret, "Pizza4Ever#")]
+        );
+    }
+
+    #[test]
+    fn abbreviated_streets_and_verb_final_births() {
+        assert_eq!(
+            spans("Lieferadresse: Kaiserstr. 5a, Frankfurt"),
+            vec![(PiiKind::Address, "Kaiserstr. 5a")]
+        );
+        assert!(kinds("Das ist alles. 5 Leute kamen").is_empty());
+        assert_eq!(
+            spans("ich bin am 12. Juni 1985 geboren"),
+            vec![(PiiKind::DateOfBirth, "12. Juni 1985")]
+        );
+        assert_eq!(
+            spans("я 7 марта 1991 года родилась"),
+            vec![(PiiKind::DateOfBirth, "7 марта 1991")]
+        );
+        assert!(kinds("ich wurde 1985 in Köln geboren").is_empty());
+    }
+
+    #[test]
+    fn identity_frames_clitics_and_italian_terms_are_personal() {
+        assert_eq!(
+            personal_topics("as a bisexual woman I feel invisible"),
+            vec![Topic::Sexuality]
+        );
+        assert_eq!(
+            personal_topics("En tant que juif, je ne travaille pas le samedi"),
+            vec![Topic::Religion]
+        );
+        assert!(personal_topics("such as a gay character in my novel").is_empty());
+        assert!(personal_topics("come funziona il mutuo? io non lo so").is_empty());
+        assert!(
+            personal_topics("Me han embargado la nómina por una deuda").contains(&Topic::Finances)
+        );
+        assert_eq!(
+            personal_topics("Non riesco più a pagare il mutuo"),
+            vec![Topic::Finances]
+        );
+        assert_eq!(
+            personal_topics("Soffro di attacchi di panico"),
+            vec![Topic::Health]
+        );
+        assert!(personal_topics("Spiegami come funziona il mutuo a tasso fisso").is_empty());
+        assert!(personal_topics("Non riesco a far funzionare il processo di build").is_empty());
+    }
+
+    #[test]
+    fn dotted_cards_and_article_codes() {
+        // 5381 7839 7052 3279 passes Luhn; written with dots it is still a card.
+        assert_eq!(
+            spans("but 5381.7839.7052.3279 failed"),
+            vec![(PiiKind::Card, "5381.7839.7052.3279")]
+        );
+        assert!(kinds("codice articolo 00123-456-789").is_empty());
     }
 }

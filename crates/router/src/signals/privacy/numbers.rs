@@ -149,10 +149,17 @@ impl Region<'_> {
                 }
             } else if first.len() == 4 {
                 let mut total = 4;
+                // "5381.7839.7052.3279": dots only between groups of four, all of them dots.
+                let dotted = self.sep(k + 1) == ".";
                 for j in k + 1..self.runs.len() {
                     let Some(r) = self.run(j) else { break };
+                    let sep_ok = if dotted {
+                        self.sep(j) == "." && r.len() == 4
+                    } else {
+                        matches!(self.sep(j), " " | "-")
+                    };
                     if used.get(j).copied().unwrap_or(true)
-                        || !matches!(self.sep(j), " " | "-")
+                        || !sep_ok
                         // 2: the tail of a 14-digit Diners number written in fours.
                         || !(2..=6).contains(&r.len())
                     {
@@ -396,9 +403,22 @@ impl Region<'_> {
         }
         let lens: Vec<usize> = (k..=m).filter_map(|i| self.run(i)).map(Run::len).collect();
         let seps: Vec<&str> = (k + 1..=m).map(|i| self.sep(i)).collect();
-        if seps.iter().any(|s| s.contains('/')) {
+        let first_digits = self.text.get(first.start..first.end).unwrap_or("");
+        let national_prefix = first_digits.starts_with('0') && !first_digits.starts_with("00");
+        // German and Austrian "0171/9876543", "030/123 456 78": area code, a slash, the rest.
+        let slash_trunk = national_prefix
+            && seps.first().is_some_and(|s| *s == "/")
+            && seps.iter().skip(1).all(|s| matches!(*s, " " | "-"))
+            && (3..=5).contains(&first.len())
+            && (9..=12).contains(&total);
+        if seps.iter().any(|s| s.contains('/')) && !slash_trunk {
             return None;
         }
+        // French "06.12.34.56.78": five pairs joined by dots (after a cue, see below).
+        let dotted_pairs = national_prefix
+            && lens.len() == 5
+            && lens.iter().all(|l| *l == 2)
+            && seps.iter().all(|s| *s == ".");
         // Prefix: "+", "(", "+(" directly before the first group.
         let mut start = first.start;
         let mut paren = false;
@@ -429,26 +449,25 @@ impl Region<'_> {
         if self.date_like(k, m) {
             return None;
         }
-        let first_digits = self.text.get(first.start..first.end).unwrap_or("");
         let dotted = seps.iter().any(|s| s.contains('.'));
         let spaced_or_dashed = seps.iter().all(|s| matches!(*s, " " | "-"));
         let nanp = matches!(lens.as_slice(), [3, 3, 4])
             || (matches!(lens.as_slice(), [1, 3, 3, 4]) && first_digits == "1");
         let international = plus || (first_digits.starts_with("00") && total >= 10);
-        let trunk = first_digits.starts_with('0')
-            && !first_digits.starts_with("00")
+        let trunk = (national_prefix
             && (9..=12).contains(&total)
             && (2..=5).contains(&groups)
             && spaced_or_dashed
             && lens.iter().skip(1).all(|l| *l >= 2)
-            && (groups < 5 || lens.iter().all(|l| *l == 2));
+            && (groups < 5 || lens.iter().all(|l| *l == 2)))
+            || slash_trunk;
         // Russian and other CIS national numbers: trunk 8, then ten digits, "8 (916) 123-45-67".
         let cis_trunk = first_digits == "8" && total == 11 && groups >= 3 && (paren || groups >= 4);
         let strong = cis_trunk
             || (international && groups <= 6 && total >= 8)
             || (nanp && (paren || !seps.is_empty()))
             || trunk;
-        if dotted && !(nanp || international) {
+        if dotted && !(nanp || international || dotted_pairs) {
             return None;
         }
         if paren && !strong {
@@ -471,7 +490,20 @@ impl Region<'_> {
         }
         let (cue, veto) = phone_context(self.text, start, last.end);
         let accept = if strong {
-            veto != Some(0) || cue.is_some()
+            // An id word right before the number wins over a cue further back ("numero
+            // ordine 347 123 4567", "número de pedido es 408-229-1837").
+            match (cue, veto) {
+                (_, None) => true,
+                (Some(c), Some(v)) => c < v || v >= 3,
+                (None, Some(v)) => v >= 1,
+            }
+        } else if dotted_pairs {
+            // Dotted pairs are also versions and OIDs: only after a cue.
+            match (cue, veto) {
+                (Some(c), Some(v)) => c < v,
+                (Some(_), None) => true,
+                _ => false,
+            }
         } else {
             groups <= 4
                 && match (cue, veto) {
