@@ -65,10 +65,13 @@ mod config;
 mod engine;
 mod error;
 mod generation;
+mod gguf;
 #[cfg(feature = "hub")]
 pub mod hub;
 mod matvec;
 mod model;
+mod qmatvec;
+mod source;
 mod tokenizer;
 mod weights;
 
@@ -77,9 +80,14 @@ pub use config::{Config, OfficialSize, make_divisible};
 pub use engine::{LoadOptions, ModelFiles, OpenElm, ProgressFn};
 pub use error::{Error, Result};
 pub use generation::{Generation, GenerationConfig, Sampler, fit_context, generate};
+pub use gguf::{GGUF_ARCHITECTURE, Gguf};
 pub use model::{Linear, Model, random_tensors};
+pub use qmatvec::BlockMatrix;
+pub use source::{parse_quant_type, quant_type_for};
 pub use tokenizer::{TextStream, Tokenizer};
 pub use weights::{Checkpoint, SHARD_INDEX, SINGLE_FILE, TensorInfo};
 
+/// candle's GGML weight types (`Q8_0`, `Q4_0`, `Q4K`, `Q6K`, ...), for quantized models.
+pub use candle_core::quantized::GgmlDType;
 /// candle's tensor types, re-exported so callers need no direct candle dependency.
 pub use candle_core::{DType, Device, Tensor};

@@ -1,0 +1,209 @@
+//! Where a model's weights come from: named float tensors, a safetensors checkpoint (as
+//! stored, or quantized while loading) or a GGUF file. Every source answers in Hugging Face
+//! names and `[out, in]` layout, so the model is built by one piece of code whatever the file
+//! format or weight type.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::qmatvec::BlockMatrix;
+use crate::weights::Checkpoint;
+
+/// One weight as a source yields it.
+#[derive(Debug, Clone)]
+pub(crate) enum Weight {
+    /// A float tensor in the run dtype.
+    Dense(Tensor),
+    /// A block-quantized matrix (never a float GGML type).
+    Quantized(Arc<QTensor>),
+    /// A Q8_0 or Q4_0 matrix repacked for this crate's CPU kernels.
+    Blocks(Arc<BlockMatrix>),
+}
+
+impl Weight {
+    /// Moves a Q8_0 or Q4_0 matrix on the CPU onto this crate's kernels; anything else is
+    /// returned as it is.
+    pub(crate) fn for_kernels(self, name: &str) -> Result<Self> {
+        match self {
+            Weight::Quantized(q) if q.device().is_cpu() && BlockMatrix::supports(q.dtype()) => Ok(
+                Weight::Blocks(Arc::new(BlockMatrix::from_qtensor(name, &q)?)),
+            ),
+            other => Ok(other),
+        }
+    }
+}
+
+/// Yields the tensors of a model by Hugging Face name.
+pub(crate) trait WeightSource {
+    /// A vector (norm weight) of `shape`, as a float tensor in `dtype`.
+    fn vector(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor>;
+    /// A `[out, in]` matrix: dense in `dtype`, or quantized.
+    fn matrix(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Weight>;
+    /// What to name in an error about a tensor of this source.
+    fn describe(&self) -> String;
+}
+
+/// Named float tensors already in memory (random weights, tests).
+pub(crate) struct TensorMap {
+    pub(crate) tensors: HashMap<String, Tensor>,
+    pub(crate) device: Device,
+}
+
+impl TensorMap {
+    fn take(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                files: self.describe(),
+            })?;
+        if t.dims() != shape {
+            return Err(Error::TensorShape {
+                file: self.describe().into(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: t.dims().to_vec(),
+            });
+        }
+        let t = t.to_device(&self.device)?;
+        Ok(if t.dtype() == dtype {
+            t
+        } else {
+            t.to_dtype(dtype)?
+        })
+    }
+}
+
+impl WeightSource for TensorMap {
+    fn vector(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.take(name, shape, dtype)
+    }
+
+    fn matrix(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Weight> {
+        Ok(Weight::Dense(self.take(name, shape, dtype)?))
+    }
+
+    fn describe(&self) -> String {
+        "<tensors>".into()
+    }
+}
+
+/// A safetensors checkpoint, matrices optionally quantized as they are loaded.
+pub(crate) struct SafetensorsSource<'a> {
+    pub(crate) checkpoint: &'a Checkpoint,
+    pub(crate) quantize: Option<GgmlDType>,
+    pub(crate) device: Device,
+}
+
+impl WeightSource for SafetensorsSource<'_> {
+    fn vector(&mut self, name: &str, _shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.checkpoint.load(name, dtype, &self.device)
+    }
+
+    fn matrix(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Weight> {
+        match self.quantize {
+            None => Ok(Weight::Dense(self.checkpoint.load(
+                name,
+                dtype,
+                &self.device,
+            )?)),
+            Some(q) => {
+                // Quantize from f32 on the CPU, one tensor at a time, so the float copy of
+                // only one matrix is ever alive.
+                let t = self.checkpoint.load(name, DType::F32, &Device::Cpu)?;
+                quantize_matrix(name, &t, q, dtype, &self.device, shape)
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.checkpoint
+            .files()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Parses a GGML weight type as llama.cpp and candle spell it, case-insensitive: `f32`,
+/// `f16`, `bf16`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q8_0`, `q2_k`, `q3_k`, `q4_k`, `q5_k`,
+/// `q6_k` (also `q4k`, ...).
+pub fn parse_quant_type(s: &str) -> Result<GgmlDType> {
+    let t = match s.to_ascii_lowercase().replace('_', "").as_str() {
+        "f32" => GgmlDType::F32,
+        "f16" => GgmlDType::F16,
+        "bf16" => GgmlDType::BF16,
+        "q40" => GgmlDType::Q4_0,
+        "q41" => GgmlDType::Q4_1,
+        "q50" => GgmlDType::Q5_0,
+        "q51" => GgmlDType::Q5_1,
+        "q80" => GgmlDType::Q8_0,
+        "q2k" => GgmlDType::Q2K,
+        "q3k" => GgmlDType::Q3K,
+        "q4k" => GgmlDType::Q4K,
+        "q5k" => GgmlDType::Q5K,
+        "q6k" => GgmlDType::Q6K,
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown weight type `{s}`; expected one of f32, f16, bf16, q4_0, q4_1, q5_0, \
+                 q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k"
+            )));
+        }
+    };
+    Ok(t)
+}
+
+/// The weight type actually used for a matrix whose rows hold `cols` values when `wanted`
+/// was asked for: a row must be a whole number of blocks, so K-quants (256-value blocks) fall
+/// back to Q8_0 and 32-value block types to the float run dtype (`None`) on narrow matrices,
+/// as llama.cpp's quantizer does.
+pub fn quant_type_for(wanted: GgmlDType, cols: usize) -> Option<GgmlDType> {
+    match wanted {
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => None,
+        q if cols % q.block_size() == 0 => Some(q),
+        _ if cols % GgmlDType::Q8_0.block_size() == 0 => Some(GgmlDType::Q8_0),
+        _ => None,
+    }
+}
+
+/// Quantizes one `[out, in]` matrix to `q` (or the fallback [`quant_type_for`] picks).
+pub(crate) fn quantize_matrix(
+    name: &str,
+    t: &Tensor,
+    q: GgmlDType,
+    dtype: DType,
+    device: &Device,
+    shape: &[usize],
+) -> Result<Weight> {
+    if t.dims() != shape {
+        return Err(Error::TensorShape {
+            file: "<quantize>".into(),
+            name: name.to_string(),
+            expected: shape.to_vec(),
+            found: t.dims().to_vec(),
+        });
+    }
+    let cols = shape.last().copied().unwrap_or(0);
+    match quant_type_for(q, cols) {
+        None => {
+            if !matches!(q, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+                tracing::debug!(tensor = %name, cols, ?q, "rows too short to quantize; kept as float");
+            }
+            Ok(Weight::Dense(t.to_dtype(dtype)?.to_device(device)?))
+        }
+        Some(used) => {
+            let qt = QTensor::quantize_onto(t, used, device).map_err(|e| Error::Quantization {
+                name: name.to_string(),
+                dtype: format!("{used:?}"),
+                detail: e.to_string(),
+            })?;
+            Ok(Weight::Quantized(Arc::new(qt)))
+        }
+    }
+}
