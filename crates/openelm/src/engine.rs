@@ -34,8 +34,11 @@ pub struct LoadOptions {
     /// to this GGML type while loading (`Q8_0`, `Q4_0`, `Q4K`, `Q6K`, ...), for the small,
     /// fast on-device path without a conversion tool. Norms and activations stay in
     /// [`dtype`](Self::dtype). A matrix whose rows are not a whole number of blocks falls
-    /// back as [`quant_type_for`](crate::quant_type_for) says. GGUF files keep their own
-    /// types and ignore this. Default `None`: the weights as stored.
+    /// back as [`quant_type_for`](crate::quant_type_for) says. On the CPU, Q8_0 and Q4_0
+    /// run on this crate's block kernels and Q4_K on candle's; other block types are
+    /// re-blocked to Q8_0 after quantizing (their rounding, Q8_0's storage), since candle
+    /// multiplies them with scalar code. GGUF files keep their own types and ignore this.
+    /// Default `None`: the weights as stored.
     pub quantize: Option<GgmlDType>,
     /// Requests that may wait while one runs; one more gets a busy error. Default 8; 0 is
     /// taken as 1.

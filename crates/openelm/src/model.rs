@@ -552,17 +552,21 @@ impl Model {
     /// the logits of every position, `[B, S, vocab]` in f32. `offset` must equal
     /// [`seq_len`](Model::seq_len).
     pub fn forward(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
-        let h = self.hidden(ids, offset)?;
-        self.logits(&h)
+        on_pool(|| {
+            let h = self.hidden(ids, offset)?;
+            self.logits(&h)
+        })
     }
 
     /// Like [`forward`](Model::forward) but returns only the last position's logits,
     /// `[B, vocab]` in f32, which is all generation needs.
     pub fn forward_last(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
-        let h = self.hidden(ids, offset)?;
-        let s = h.dim(1)?;
-        let h = h.narrow(1, s - 1, 1)?;
-        Ok(self.logits(&h)?.squeeze(1)?)
+        on_pool(|| {
+            let h = self.hidden(ids, offset)?;
+            let s = h.dim(1)?;
+            let h = h.narrow(1, s - 1, 1)?;
+            Ok(self.logits(&h)?.squeeze(1)?)
+        })
     }
 
     /// Runs token ids given as a slice (batch 1) and returns the last position's logits.
@@ -653,6 +657,18 @@ impl Model {
     fn logits(&self, h: &Tensor) -> Result<Tensor> {
         let h = candle_nn::ops::rms_norm(h, &self.norm, self.config.rms_norm_eps as f32)?;
         Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
+    }
+}
+
+/// Runs a forward pass on one of rayon's worker threads. The block kernels split every
+/// matrix across rayon's threads; called from a worker, the caller's thread takes part in
+/// that work, while from any other thread each of the ~65 matrix products of a token would
+/// park the caller and wake it again (two context switches per product).
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
     }
 }
 

@@ -200,6 +200,8 @@ fn chunk_rows(rows: usize) -> usize {
 struct Activations {
     q: Vec<i8>,
     scales: Vec<f32>,
+    /// Per block, the scale times the sum of its quantized values (Q4_0's offset term).
+    sums: Vec<f32>,
     cols: usize,
 }
 
@@ -207,20 +209,30 @@ impl Activations {
     fn quantize(x: &[f32], m: usize, cols: usize) -> Self {
         let mut q = vec![0i8; m * cols];
         let mut scales = vec![0f32; m * cols / BLOCK];
-        for ((xb, qb), s) in x[..m * cols]
+        let mut sums = vec![0f32; m * cols / BLOCK];
+        for (((xb, qb), s), sum) in x[..m * cols]
             .chunks_exact(BLOCK)
             .zip(q.chunks_exact_mut(BLOCK))
             .zip(scales.iter_mut())
+            .zip(sums.iter_mut())
         {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
             let d = amax / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut total = 0i32;
             for (o, v) in qb.iter_mut().zip(xb) {
                 *o = (v * inv).round() as i8;
+                total += i32::from(*o);
             }
             *s = d;
+            *sum = d * total as f32;
         }
-        Self { q, scales, cols }
+        Self {
+            q,
+            scales,
+            sums,
+            cols,
+        }
     }
 }
 
@@ -293,7 +305,7 @@ fn avx2() -> bool {
 
 /// One weight row against one activation row.
 #[inline(always)]
-fn dot(avx2: bool, w: &BlockMatrix, r: usize, x: &[i8], xs: &[f32]) -> f32 {
+fn dot(avx2: bool, w: &BlockMatrix, r: usize, x: &[i8], xs: &[f32], xsum: &[f32]) -> f32 {
     let cols = w.cols;
     let nb = cols / BLOCK;
     let ws = &w.scales[r * nb..(r + 1) * nb];
@@ -316,8 +328,9 @@ fn dot(avx2: bool, w: &BlockMatrix, r: usize, x: &[i8], xs: &[f32]) -> f32 {
             if avx2 {
                 // SAFETY: as for Q8_0.
                 #[allow(unsafe_code)]
-                return unsafe { x86::dot_q4(q, ws, x, xs) };
+                return unsafe { x86::dot_q4(q, ws, x, xs, xsum) };
             }
+            let _ = xsum;
             dot_q4(q, ws, x, xs)
         }
     }
@@ -333,7 +346,8 @@ fn rows(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], m: usi
         for (j, o) in out.iter_mut().enumerate() {
             let x = &act.q[j * act.cols..(j + 1) * act.cols];
             let xs = &act.scales[j * nb..(j + 1) * nb];
-            *o = dot(avx2, w, r, x, xs);
+            let xsum = &act.sums[j * nb..(j + 1) * nb];
+            *o = dot(avx2, w, r, x, xs, xsum);
         }
     }
 }
@@ -349,27 +363,13 @@ fn rows(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], m: usi
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, f16_to_f32};
+    use super::BLOCK;
 
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn load32(v: &[i8; BLOCK]) -> __m256i {
         // SAFETY: `v` is 32 readable bytes; `loadu` needs no alignment.
         unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
-    }
-
-    /// The 32 signed values of a Q4_0 block: low nibbles first, then high, minus 8.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn unpack_q4(b: &[u8; BLOCK / 2]) -> __m256i {
-        // SAFETY: `b` is 16 readable bytes; `loadu` needs no alignment. The rest is arithmetic.
-        unsafe {
-            let b = _mm_loadu_si128(b.as_ptr().cast());
-            let low = _mm_set1_epi8(0x0F);
-            let lo = _mm_and_si128(b, low);
-            let hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
-            _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
-        }
     }
 
     /// 8 lanes of i32, each the sum of 4 products `w * x`. `|w|` and `x * sign(w)` make the
@@ -386,11 +386,12 @@ mod x86 {
         }
     }
 
+    /// An f16 scale as f32 (`vcvtph2ps`).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn accumulate(acc: __m256, p: __m256i, scale: f32) -> __m256 {
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn f16_scale(h: u16) -> f32 {
         // SAFETY: arithmetic on registers only.
-        unsafe { _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(scale), acc) }
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h)))) }
     }
 
     #[inline]
@@ -405,45 +406,131 @@ mod x86 {
         }
     }
 
-    /// One Q8_0 row against one activation row.
+    /// One Q8_0 block against one activation block: 8 lanes of `w * x` sums, scaled.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_q8(w: &[i8], ws: &[u16], x: &[i8], xs: &[f32]) -> f32 {
-        // SAFETY: the callees need AVX2 and FMA, which this function's caller guarantees.
+    unsafe fn q8_block(acc: __m256, w: &[i8; BLOCK], x: &[i8; BLOCK], d: u16, dx: f32) -> __m256 {
+        // SAFETY: register arithmetic and 32-byte loads from 32-byte arrays.
         unsafe {
-            let mut acc = _mm256_setzero_ps();
-            for ((wb, xb), (&d, &dx)) in w
-                .chunks_exact(BLOCK)
-                .zip(x.chunks_exact(BLOCK))
-                .zip(ws.iter().zip(xs))
-            {
-                let (Ok(wb), Ok(xb)) = (wb.try_into(), xb.try_into()) else {
-                    continue;
-                };
-                let p = dot_i8(load32(wb), load32(xb));
-                acc = accumulate(acc, p, f16_to_f32(d) * dx);
-            }
-            hsum(acc)
+            let p = dot_i8(load32(w), load32(x));
+            _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(p),
+                _mm256_set1_ps(f16_scale(d) * dx),
+                acc,
+            )
         }
     }
 
-    /// One Q4_0 row against one activation row.
+    /// One Q4_0 block against one activation block, on the unsigned nibbles (`vpmaddubsw`
+    /// takes them as they are: 15 * 127 * 2 fits i16); the caller subtracts the offset of 8
+    /// through the activation block sums. Returns the new accumulator and the weight scale.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_q4(w: &[u8], ws: &[u16], x: &[i8], xs: &[f32]) -> f32 {
-        // SAFETY: as for `dot_q8`.
+    unsafe fn q4_block(
+        acc: __m256,
+        w: &[u8; BLOCK / 2],
+        x: &[i8; BLOCK],
+        d: u16,
+        dx: f32,
+    ) -> (__m256, f32) {
+        // SAFETY: register arithmetic, a 16-byte load from a 16-byte array and a 32-byte
+        // load from a 32-byte array.
         unsafe {
-            let mut acc = _mm256_setzero_ps();
-            for ((wb, xb), (&d, &dx)) in w
-                .chunks_exact(BLOCK / 2)
-                .zip(x.chunks_exact(BLOCK))
-                .zip(ws.iter().zip(xs))
-            {
-                let (Ok(wb), Ok(xb)) = (wb.try_into(), xb.try_into()) else {
+            let b = _mm_loadu_si128(w.as_ptr().cast());
+            let low = _mm_set1_epi8(0x0F);
+            let nib = _mm256_set_m128i(
+                _mm_and_si128(_mm_srli_epi16(b, 4), low),
+                _mm_and_si128(b, low),
+            );
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, load32(x)), _mm256_set1_epi16(1));
+            let dw = f16_scale(d);
+            (
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dx), acc),
+                dw,
+            )
+        }
+    }
+
+    /// One Q8_0 row against one activation row (`ws.len()` blocks). Groups of four blocks go
+    /// to four accumulators so the multiply-adds do not wait on each other.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q8(w: &[i8], ws: &[u16], x: &[i8], xs: &[f32]) -> f32 {
+        // SAFETY: the callees need AVX2, FMA and F16C, which this function's caller
+        // guarantees; every array comes from a checked conversion.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let groups = w
+                .chunks_exact(4 * BLOCK)
+                .zip(x.chunks_exact(4 * BLOCK))
+                .zip(ws.chunks_exact(4).zip(xs.chunks_exact(4)));
+            for ((wg, xg), (dg, sg)) in groups {
+                for j in 0..4 {
+                    let (Ok(wb), Ok(xb)) = (
+                        <&[i8; BLOCK]>::try_from(&wg[j * BLOCK..(j + 1) * BLOCK]),
+                        <&[i8; BLOCK]>::try_from(&xg[j * BLOCK..(j + 1) * BLOCK]),
+                    ) else {
+                        continue;
+                    };
+                    acc[j] = q8_block(acc[j], wb, xb, dg[j], sg[j]);
+                }
+            }
+            let done = ws.len() / 4 * 4;
+            for b in done..ws.len() {
+                let (Ok(wb), Ok(xb)) = (
+                    <&[i8; BLOCK]>::try_from(&w[b * BLOCK..(b + 1) * BLOCK]),
+                    <&[i8; BLOCK]>::try_from(&x[b * BLOCK..(b + 1) * BLOCK]),
+                ) else {
                     continue;
                 };
-                let p = dot_i8(unpack_q4(wb), load32(xb));
-                acc = accumulate(acc, p, f16_to_f32(d) * dx);
+                acc[0] = q8_block(acc[0], wb, xb, ws[b], xs[b]);
             }
-            hsum(acc)
+            hsum(_mm256_add_ps(
+                _mm256_add_ps(acc[0], acc[1]),
+                _mm256_add_ps(acc[2], acc[3]),
+            ))
+        }
+    }
+
+    /// One Q4_0 row against one activation row; `xsum` holds each activation block's scaled
+    /// sum for the offset term.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q4(w: &[u8], ws: &[u16], x: &[i8], xs: &[f32], xsum: &[f32]) -> f32 {
+        const H: usize = BLOCK / 2;
+        // SAFETY: as for `dot_q8`.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut offset = 0f32;
+            let groups = w.chunks_exact(4 * H).zip(x.chunks_exact(4 * BLOCK)).zip(
+                ws.chunks_exact(4)
+                    .zip(xs.chunks_exact(4).zip(xsum.chunks_exact(4))),
+            );
+            for ((wg, xg), (dg, (sg, tg))) in groups {
+                for j in 0..4 {
+                    let (Ok(wb), Ok(xb)) = (
+                        <&[u8; H]>::try_from(&wg[j * H..(j + 1) * H]),
+                        <&[i8; BLOCK]>::try_from(&xg[j * BLOCK..(j + 1) * BLOCK]),
+                    ) else {
+                        continue;
+                    };
+                    let (a, dw) = q4_block(acc[j], wb, xb, dg[j], sg[j]);
+                    acc[j] = a;
+                    offset += dw * tg[j];
+                }
+            }
+            let done = ws.len() / 4 * 4;
+            for b in done..ws.len() {
+                let (Ok(wb), Ok(xb)) = (
+                    <&[u8; H]>::try_from(&w[b * H..(b + 1) * H]),
+                    <&[i8; BLOCK]>::try_from(&x[b * BLOCK..(b + 1) * BLOCK]),
+                ) else {
+                    continue;
+                };
+                let (a, dw) = q4_block(acc[0], wb, xb, ws[b], xs[b]);
+                acc[0] = a;
+                offset += dw * xsum[b];
+            }
+            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            hsum(sum) - 8.0 * offset
         }
     }
 }

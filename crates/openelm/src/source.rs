@@ -25,15 +25,41 @@ pub(crate) enum Weight {
 }
 
 impl Weight {
-    /// Moves a Q8_0 or Q4_0 matrix on the CPU onto this crate's kernels; anything else is
-    /// returned as it is.
+    /// Moves a quantized matrix on the CPU onto the fastest kernel this crate has for it:
+    /// Q8_0 and Q4_0 onto its own block kernels; Q4_K stays with candle, whose repacked
+    /// x86 kernels are fast for it; every other block type (Q6_K, Q5_*, Q4_1, Q2_K, Q3_K),
+    /// which candle multiplies one row at a time with scalar code on a baseline x86-64
+    /// build, is re-blocked to Q8_0: a finer grid than any of them, so almost no precision
+    /// is lost, for up to 1.6x the bytes of a 5- or 6-bit type. llama.cpp's Q4_0 files store
+    /// the tied embedding as Q6_K, so this matters for the common case. Dense weights and
+    /// other devices are returned as they are.
     pub(crate) fn for_kernels(self, name: &str) -> Result<Self> {
-        match self {
-            Weight::Quantized(q) if q.device().is_cpu() && BlockMatrix::supports(q.dtype()) => Ok(
-                Weight::Blocks(Arc::new(BlockMatrix::from_qtensor(name, &q)?)),
-            ),
-            other => Ok(other),
+        let Weight::Quantized(q) = self else {
+            return Ok(self);
+        };
+        if !q.device().is_cpu() || q.dtype() == GgmlDType::Q4K {
+            return Ok(Weight::Quantized(q));
         }
+        if BlockMatrix::supports(q.dtype()) {
+            return Ok(Weight::Blocks(Arc::new(BlockMatrix::from_qtensor(
+                name, &q,
+            )?)));
+        }
+        let cols = q.shape().dims().last().copied().unwrap_or(0);
+        if cols % GgmlDType::Q8_0.block_size() != 0 {
+            return Ok(Weight::Quantized(q));
+        }
+        let requant = |e: candle_core::Error| Error::Quantization {
+            name: name.to_string(),
+            dtype: format!("{:?} re-blocked to Q8_0", q.dtype()),
+            detail: e.to_string(),
+        };
+        let dense = q.dequantize(&Device::Cpu).map_err(requant)?;
+        let q8 = QTensor::quantize(&dense, GgmlDType::Q8_0).map_err(requant)?;
+        drop(dense);
+        Ok(Weight::Blocks(Arc::new(BlockMatrix::from_qtensor(
+            name, &q8,
+        )?)))
     }
 }
 

@@ -263,8 +263,10 @@ fn every_supported_quant_type_loads_and_tracks_f32() {
     // spread, fails.
     for (ty, key, tol) in [
         ("q8_0", "q8_0", 0.03),
-        ("q6_k", "q6k", 0.09),
-        ("q5_0", "q5_0", 0.18),
+        // Q6_K and Q5_0 are quantized to their grid, then re-blocked to Q8_0 for the CPU
+        // kernels (see `LoadOptions::quantize`): the error is theirs, the storage Q8_0.
+        ("q6_k", "q8_0", 0.09),
+        ("q5_0", "q8_0", 0.18),
         ("q4_k", "q4k", 0.35),
         ("q4_0", "q4_0", 0.35),
     ] {
