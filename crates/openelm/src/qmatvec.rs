@@ -499,7 +499,8 @@ mod x86 {
         // SAFETY: as for `dot_q8`.
         unsafe {
             let mut acc = [_mm256_setzero_ps(); 4];
-            let mut offset = 0f32;
+            // One offset sum per accumulator too: a single one would chain every block's add.
+            let mut offset = [0f32; 4];
             let groups = w.chunks_exact(4 * H).zip(x.chunks_exact(4 * BLOCK)).zip(
                 ws.chunks_exact(4)
                     .zip(xs.chunks_exact(4).zip(xsum.chunks_exact(4))),
@@ -514,7 +515,7 @@ mod x86 {
                     };
                     let (a, dw) = q4_block(acc[j], wb, xb, dg[j], sg[j]);
                     acc[j] = a;
-                    offset += dw * tg[j];
+                    offset[j] += dw * tg[j];
                 }
             }
             let done = ws.len() / 4 * 4;
@@ -527,10 +528,10 @@ mod x86 {
                 };
                 let (a, dw) = q4_block(acc[0], wb, xb, ws[b], xs[b]);
                 acc[0] = a;
-                offset += dw * xsum[b];
+                offset[0] += dw * xsum[b];
             }
             let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            hsum(sum) - 8.0 * offset
+            hsum(sum) - 8.0 * ((offset[0] + offset[1]) + (offset[2] + offset[3]))
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
@@ -54,9 +54,30 @@ impl Weight {
             dtype: format!("{:?} re-blocked to Q8_0", q.dtype()),
             detail: e.to_string(),
         };
-        let dense = q.dequantize(&Device::Cpu).map_err(requant)?;
-        let q8 = QTensor::quantize(&dense, GgmlDType::Q8_0).map_err(requant)?;
-        drop(dense);
+        // A band of rows at a time, so that only one band is ever held in f32 (the tied
+        // embedding of a 270M model would be 164 MB).
+        let rows = q.shape().dims().first().copied().unwrap_or(0);
+        let row_bytes = cols / q.dtype().block_size() * q.dtype().type_size();
+        let data = q.data().map_err(requant)?;
+        let mut q8_bytes = Vec::with_capacity(rows * cols / 32 * 34);
+        for band in data.chunks(256 * row_bytes) {
+            let n = band.len() / row_bytes;
+            let storage =
+                QStorage::from_data(std::borrow::Cow::Borrowed(band), &Device::Cpu, q.dtype())
+                    .map_err(requant)?;
+            let dense = QTensor::new(storage, (n, cols))
+                .and_then(|t| t.dequantize(&Device::Cpu))
+                .map_err(requant)?;
+            let q8 = QTensor::quantize(&dense, GgmlDType::Q8_0).map_err(requant)?;
+            q8_bytes.extend_from_slice(&q8.data().map_err(requant)?);
+        }
+        let storage = QStorage::from_data(
+            std::borrow::Cow::Owned(q8_bytes),
+            &Device::Cpu,
+            GgmlDType::Q8_0,
+        )
+        .map_err(requant)?;
+        let q8 = QTensor::new(storage, (rows, cols)).map_err(requant)?;
         Ok(Weight::Blocks(Arc::new(BlockMatrix::from_qtensor(
             name, &q8,
         )?)))
