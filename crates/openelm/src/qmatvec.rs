@@ -343,13 +343,49 @@ fn rows(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], m: usi
     let nb = w.cols / BLOCK;
     for (i, out) in ys.chunks_exact_mut(m).enumerate() {
         let r = first + i;
-        for (j, o) in out.iter_mut().enumerate() {
+        // Prefill: four activation rows per pass over the weight row, so each weight block
+        // is loaded and unpacked once for four products.
+        #[cfg(target_arch = "x86_64")]
+        let done = if avx2 { four_rows(w, act, r, out) } else { 0 };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = 0;
+        for (j, o) in out.iter_mut().enumerate().skip(done) {
             let x = &act.q[j * act.cols..(j + 1) * act.cols];
             let xs = &act.scales[j * nb..(j + 1) * nb];
             let xsum = &act.sums[j * nb..(j + 1) * nb];
             *o = dot(avx2, w, r, x, xs, xsum);
         }
     }
+}
+
+/// Weight row `r` against activation rows in groups of four, into `out[..4k]`; returns how
+/// many rows it did (a multiple of four). Only called when `avx2()` holds.
+#[cfg(target_arch = "x86_64")]
+fn four_rows(w: &BlockMatrix, act: &Activations, r: usize, out: &mut [f32]) -> usize {
+    let cols = w.cols;
+    let nb = cols / BLOCK;
+    let ws = &w.scales[r * nb..(r + 1) * nb];
+    let groups = out.len() / 4;
+    for (g, o) in out.chunks_exact_mut(4).enumerate() {
+        let x: [&[i8]; 4] =
+            std::array::from_fn(|k| &act.q[(4 * g + k) * cols..(4 * g + k + 1) * cols]);
+        let xs: [&[f32]; 4] =
+            std::array::from_fn(|k| &act.scales[(4 * g + k) * nb..(4 * g + k + 1) * nb]);
+        let xsum: [&[f32]; 4] =
+            std::array::from_fn(|k| &act.sums[(4 * g + k) * nb..(4 * g + k + 1) * nb]);
+        let y = match &w.quants {
+            // SAFETY: compiled for AVX2, FMA and F16C, which the caller checked with `avx2()`.
+            #[allow(unsafe_code)]
+            Quants::Q8(q) => unsafe { x86::dot4_q8(&q[r * cols..(r + 1) * cols], ws, x, xs) },
+            // SAFETY: as above.
+            #[allow(unsafe_code)]
+            Quants::Q4(q) => unsafe {
+                x86::dot4_q4(&q[r * cols / 2..(r + 1) * cols / 2], ws, x, xs, xsum)
+            },
+        };
+        o.copy_from_slice(&y);
+    }
+    groups * 4
 }
 
 /// The x86 kernels: explicit AVX2, since the crate is compiled for baseline x86-64 and LLVM
@@ -448,6 +484,75 @@ mod x86 {
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dx), acc),
                 dw,
             )
+        }
+    }
+
+    /// One Q8_0 row against four activation rows: each weight block is loaded once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_q8(w: &[i8], ws: &[u16], x: [&[i8]; 4], xs: [&[f32]; 4]) -> [f32; 4] {
+        // SAFETY: register arithmetic and 32-byte loads from checked 32-byte arrays; the
+        // caller guarantees AVX2, FMA and F16C.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let ones = _mm256_set1_epi16(1);
+            for (b, (wb, &d)) in w.chunks_exact(BLOCK).zip(ws).enumerate() {
+                let Ok(wb) = <&[i8; BLOCK]>::try_from(wb) else {
+                    continue;
+                };
+                let wv = load32(wb);
+                let aw = _mm256_sign_epi8(wv, wv);
+                let dw = f16_scale(d);
+                for k in 0..4 {
+                    let Ok(xb) = <&[i8; BLOCK]>::try_from(&x[k][b * BLOCK..(b + 1) * BLOCK]) else {
+                        continue;
+                    };
+                    let sx = _mm256_sign_epi8(load32(xb), wv);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
+                    let s = _mm256_set1_ps(dw * xs[k][b]);
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[k]);
+                }
+            }
+            [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+        }
+    }
+
+    /// One Q4_0 row against four activation rows: each weight block is unpacked once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_q4(
+        w: &[u8],
+        ws: &[u16],
+        x: [&[i8]; 4],
+        xs: [&[f32]; 4],
+        xsum: [&[f32]; 4],
+    ) -> [f32; 4] {
+        const H: usize = BLOCK / 2;
+        // SAFETY: as for `dot4_q8`, plus 16-byte loads from checked 16-byte arrays.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut offset = [0f32; 4];
+            let ones = _mm256_set1_epi16(1);
+            let low = _mm_set1_epi8(0x0F);
+            for (b, (wb, &d)) in w.chunks_exact(H).zip(ws).enumerate() {
+                let Ok(wb) = <&[u8; H]>::try_from(wb) else {
+                    continue;
+                };
+                let raw = _mm_loadu_si128(wb.as_ptr().cast());
+                let nib = _mm256_set_m128i(
+                    _mm_and_si128(_mm_srli_epi16(raw, 4), low),
+                    _mm_and_si128(raw, low),
+                );
+                let dw = f16_scale(d);
+                for k in 0..4 {
+                    let Ok(xb) = <&[i8; BLOCK]>::try_from(&x[k][b * BLOCK..(b + 1) * BLOCK]) else {
+                        continue;
+                    };
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, load32(xb)), ones);
+                    let s = _mm256_set1_ps(dw * xs[k][b]);
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[k]);
+                    offset[k] += dw * xsum[k][b];
+                }
+            }
+            std::array::from_fn(|k| hsum(acc[k]) - 8.0 * offset[k])
         }
     }
 
@@ -601,6 +706,26 @@ mod tests {
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
             for m in [1, 3, 17] {
                 check(dtype, m)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn portable_and_simd_kernels_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (3, 320), &dev)?;
+        let x: Vec<f32> = Tensor::randn(0f32, 1.0, 320, &dev)?.to_vec1()?;
+        let act = Activations::quantize(&x, 1, 320);
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+            let bm = BlockMatrix::from_qtensor("w", &QTensor::quantize(&w, dtype)?)?;
+            for r in 0..3 {
+                let simd = dot(avx2(), &bm, r, &act.q, &act.scales, &act.sums);
+                let portable = dot(false, &bm, r, &act.q, &act.scales, &act.sums);
+                assert!(
+                    (simd - portable).abs() <= 1e-4 * portable.abs().max(1.0),
+                    "{dtype:?} row {r}: {simd} vs {portable}"
+                );
             }
         }
         Ok(())
