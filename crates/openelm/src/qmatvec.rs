@@ -341,14 +341,23 @@ fn dot(avx2: bool, w: &BlockMatrix, r: usize, x: &[i8], xs: &[f32], xsum: &[f32]
 fn rows(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], m: usize) {
     let avx2 = avx2();
     let nb = w.cols / BLOCK;
+    // Prefill: groups of four activation rows against every weight row of this band (the
+    // band and the group stay in L1), each weight block loaded and unpacked once per group.
+    #[cfg(target_arch = "x86_64")]
+    let done = if avx2 && m >= 4 {
+        for g in 0..m / 4 {
+            for (i, out) in ys.chunks_exact_mut(m).enumerate() {
+                four_rows(w, act, first + i, g, &mut out[4 * g..4 * g + 4]);
+            }
+        }
+        m / 4 * 4
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     for (i, out) in ys.chunks_exact_mut(m).enumerate() {
         let r = first + i;
-        // Prefill: four activation rows per pass over the weight row, so each weight block
-        // is loaded and unpacked once for four products.
-        #[cfg(target_arch = "x86_64")]
-        let done = if avx2 { four_rows(w, act, r, out) } else { 0 };
-        #[cfg(not(target_arch = "x86_64"))]
-        let done = 0;
         for (j, o) in out.iter_mut().enumerate().skip(done) {
             let x = &act.q[j * act.cols..(j + 1) * act.cols];
             let xs = &act.scales[j * nb..(j + 1) * nb];
@@ -358,34 +367,29 @@ fn rows(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], m: usi
     }
 }
 
-/// Weight row `r` against activation rows in groups of four, into `out[..4k]`; returns how
-/// many rows it did (a multiple of four). Only called when `avx2()` holds.
+/// Weight row `r` against activation rows `4g..4g + 4`, into `out` (4 values). Only called
+/// when `avx2()` holds.
 #[cfg(target_arch = "x86_64")]
-fn four_rows(w: &BlockMatrix, act: &Activations, r: usize, out: &mut [f32]) -> usize {
+fn four_rows(w: &BlockMatrix, act: &Activations, r: usize, g: usize, out: &mut [f32]) {
     let cols = w.cols;
     let nb = cols / BLOCK;
     let ws = &w.scales[r * nb..(r + 1) * nb];
-    let groups = out.len() / 4;
-    for (g, o) in out.chunks_exact_mut(4).enumerate() {
-        let x: [&[i8]; 4] =
-            std::array::from_fn(|k| &act.q[(4 * g + k) * cols..(4 * g + k + 1) * cols]);
-        let xs: [&[f32]; 4] =
-            std::array::from_fn(|k| &act.scales[(4 * g + k) * nb..(4 * g + k + 1) * nb]);
-        let xsum: [&[f32]; 4] =
-            std::array::from_fn(|k| &act.sums[(4 * g + k) * nb..(4 * g + k + 1) * nb]);
-        let y = match &w.quants {
-            // SAFETY: compiled for AVX2, FMA and F16C, which the caller checked with `avx2()`.
-            #[allow(unsafe_code)]
-            Quants::Q8(q) => unsafe { x86::dot4_q8(&q[r * cols..(r + 1) * cols], ws, x, xs) },
-            // SAFETY: as above.
-            #[allow(unsafe_code)]
-            Quants::Q4(q) => unsafe {
-                x86::dot4_q4(&q[r * cols / 2..(r + 1) * cols / 2], ws, x, xs, xsum)
-            },
-        };
-        o.copy_from_slice(&y);
-    }
-    groups * 4
+    let x: [&[i8]; 4] = std::array::from_fn(|k| &act.q[(4 * g + k) * cols..(4 * g + k + 1) * cols]);
+    let xs: [&[f32]; 4] =
+        std::array::from_fn(|k| &act.scales[(4 * g + k) * nb..(4 * g + k + 1) * nb]);
+    let xsum: [&[f32]; 4] =
+        std::array::from_fn(|k| &act.sums[(4 * g + k) * nb..(4 * g + k + 1) * nb]);
+    let y = match &w.quants {
+        // SAFETY: compiled for AVX2, FMA and F16C, which the caller checked with `avx2()`.
+        #[allow(unsafe_code)]
+        Quants::Q8(q) => unsafe { x86::dot4_q8(&q[r * cols..(r + 1) * cols], ws, x, xs) },
+        // SAFETY: as above.
+        #[allow(unsafe_code)]
+        Quants::Q4(q) => unsafe {
+            x86::dot4_q4(&q[r * cols / 2..(r + 1) * cols / 2], ws, x, xs, xsum)
+        },
+    };
+    out.copy_from_slice(&y);
 }
 
 /// The x86 kernels: explicit AVX2, since the crate is compiled for baseline x86-64 and LLVM
