@@ -30,8 +30,11 @@ const BLOCK: usize = 32;
 enum Quants {
     /// One signed byte per value.
     Q8(Vec<i8>),
-    /// Two values per byte as GGML packs Q4_0: byte `j` of a block holds value `j` in its low
-    /// nibble and value `j + 16` in its high nibble, both offset by 8.
+    /// Two values per byte, offset by 8, packed by pairs of blocks: byte `j` (0..32) of the
+    /// pair holds value `j` of the first block in its low nibble and value `j` of the second
+    /// in its high nibble, so one 32-byte load and two masks give both blocks in activation
+    /// order. A row's last block, when the row has an odd count, keeps GGML's order (byte `j`
+    /// of 16: values `j` and `j + 16`).
     Q4(Vec<u8>),
 }
 
@@ -89,10 +92,30 @@ impl BlockMatrix {
                 Quants::Q8(v)
             }
             _ => {
+                let nb = cols / BLOCK;
                 let mut v = Vec::with_capacity(rows * cols / 2);
-                for b in data.chunks_exact(block_bytes) {
-                    scales.push(u16::from_le_bytes([b[0], b[1]]));
-                    v.extend_from_slice(&b[2..]);
+                for row in data.chunks_exact(nb * block_bytes) {
+                    let blocks: Vec<&[u8]> = row.chunks_exact(block_bytes).collect();
+                    for b in &blocks {
+                        scales.push(u16::from_le_bytes([b[0], b[1]]));
+                    }
+                    // GGML's value `e` of a block's 16 bytes.
+                    let value = |qs: &[u8], e: usize| {
+                        if e < 16 {
+                            qs[e] & 0x0F
+                        } else {
+                            qs[e - 16] >> 4
+                        }
+                    };
+                    for pair in blocks.chunks(2) {
+                        match pair {
+                            [a, b] => v.extend(
+                                (0..BLOCK).map(|e| value(&a[2..], e) | (value(&b[2..], e) << 4)),
+                            ),
+                            [a] => v.extend_from_slice(&a[2..]),
+                            _ => {}
+                        }
+                    }
                 }
                 Quants::Q4(v)
             }
@@ -146,17 +169,11 @@ impl BlockMatrix {
                 }
             }
             Quants::Q4(q) => {
-                let half = BLOCK / 2;
                 let q = &q[r * self.cols / 2..(r + 1) * self.cols / 2];
-                for ((o, qb), &d) in out
-                    .chunks_exact_mut(BLOCK)
-                    .zip(q.chunks_exact(half))
-                    .zip(scales)
-                {
+                for (b, (o, &d)) in out.chunks_exact_mut(BLOCK).zip(scales).enumerate() {
                     let d = f16_to_f32(d);
-                    for j in 0..half {
-                        o[j] = f32::from((qb[j] & 0x0F) as i8 - 8) * d;
-                        o[j + half] = f32::from((qb[j] >> 4) as i8 - 8) * d;
+                    for (e, o) in o.iter_mut().enumerate() {
+                        *o = f32::from(q4_value(q, nb, b, e) as i8 - 8) * d;
                     }
                 }
             }
@@ -187,6 +204,19 @@ impl BlockMatrix {
                 }
             }
         }
+    }
+}
+
+/// Value `e` (0..16, offset by 8) of block `b` of a Q4 row of `nb` blocks in the pair layout
+/// of [`Quants::Q4`].
+#[inline(always)]
+fn q4_value(row: &[u8], nb: usize, b: usize, e: usize) -> u8 {
+    if b / 2 * 2 + 1 < nb {
+        let byte = row[b / 2 * BLOCK + e];
+        if b % 2 == 0 { byte & 0x0F } else { byte >> 4 }
+    } else {
+        let byte = row[b * BLOCK / 2 + e % 16];
+        if e < 16 { byte & 0x0F } else { byte >> 4 }
     }
 }
 
@@ -267,19 +297,11 @@ fn dot_q8(w: &[i8], ws: &[u16], x: &[i8], xs: &[f32]) -> f32 {
 /// The dot product of one Q4_0 weight row with one activation row, block by block.
 #[inline(always)]
 fn dot_q4(w: &[u8], ws: &[u16], x: &[i8], xs: &[f32]) -> f32 {
-    const HALF: usize = BLOCK / 2;
+    let nb = ws.len();
     let mut acc = [0f32; 16];
-    for ((wb, xb), (&d, &dx)) in w
-        .chunks_exact(HALF)
-        .zip(x.chunks_exact(BLOCK))
-        .zip(ws.iter().zip(xs))
-    {
+    for (b, (xb, (&d, &dx))) in x.chunks_exact(BLOCK).zip(ws.iter().zip(xs)).enumerate() {
         let s = f16_to_f32(d) * dx;
-        let mut v = [0i8; BLOCK];
-        for j in 0..HALF {
-            v[j] = (wb[j] & 0x0F) as i8 - 8;
-            v[j + HALF] = (wb[j] >> 4) as i8 - 8;
-        }
+        let v: [i8; BLOCK] = std::array::from_fn(|e| q4_value(w, nb, b, e) as i8 - 8);
         for l in 0..16 {
             let p = i32::from(v[2 * l]) * i32::from(xb[2 * l])
                 + i32::from(v[2 * l + 1]) * i32::from(xb[2 * l + 1]);
@@ -520,7 +542,8 @@ mod x86 {
         }
     }
 
-    /// One Q4_0 row against four activation rows: each weight block is unpacked once.
+    /// One Q4_0 row against four activation rows: each pair of weight blocks is loaded and
+    /// unpacked once for four products.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot4_q4(
         w: &[u8],
@@ -529,31 +552,51 @@ mod x86 {
         xs: [&[f32]; 4],
         xsum: [&[f32]; 4],
     ) -> [f32; 4] {
-        const H: usize = BLOCK / 2;
-        // SAFETY: as for `dot4_q8`, plus 16-byte loads from checked 16-byte arrays.
+        // SAFETY: register arithmetic and 32-byte loads from checked 32-byte arrays; the
+        // caller guarantees AVX2, FMA and F16C.
         unsafe {
+            let nb = ws.len();
             let mut acc = [_mm256_setzero_ps(); 4];
             let mut offset = [0f32; 4];
             let ones = _mm256_set1_epi16(1);
-            let low = _mm_set1_epi8(0x0F);
-            for (b, (wb, &d)) in w.chunks_exact(H).zip(ws).enumerate() {
-                let Ok(wb) = <&[u8; H]>::try_from(wb) else {
+            let low = _mm256_set1_epi8(0x0F);
+            for q in 0..nb / 2 {
+                let Ok(wp) = <&[u8; BLOCK]>::try_from(&w[q * BLOCK..(q + 1) * BLOCK]) else {
                     continue;
                 };
-                let raw = _mm_loadu_si128(wb.as_ptr().cast());
-                let nib = _mm256_set_m128i(
-                    _mm_and_si128(_mm_srli_epi16(raw, 4), low),
-                    _mm_and_si128(raw, low),
-                );
-                let dw = f16_scale(d);
-                for k in 0..4 {
-                    let Ok(xb) = <&[i8; BLOCK]>::try_from(&x[k][b * BLOCK..(b + 1) * BLOCK]) else {
-                        continue;
-                    };
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, load32(xb)), ones);
-                    let s = _mm256_set1_ps(dw * xs[k][b]);
-                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[k]);
-                    offset[k] += dw * xsum[k][b];
+                let raw = _mm256_loadu_si256(wp.as_ptr().cast());
+                let halves = [
+                    _mm256_and_si256(raw, low),
+                    _mm256_and_si256(_mm256_srli_epi16(raw, 4), low),
+                ];
+                for (h, nib) in halves.into_iter().enumerate() {
+                    let b = 2 * q + h;
+                    let dw = f16_scale(ws[b]);
+                    for k in 0..4 {
+                        let Ok(xb) = <&[i8; BLOCK]>::try_from(&x[k][b * BLOCK..(b + 1) * BLOCK])
+                        else {
+                            continue;
+                        };
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, load32(xb)), ones);
+                        let s = _mm256_set1_ps(dw * xs[k][b]);
+                        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[k]);
+                        offset[k] += dw * xsum[k][b];
+                    }
+                }
+            }
+            if nb % 2 == 1 {
+                let b = nb - 1;
+                if let Ok(wb) = <&[u8; BLOCK / 2]>::try_from(&w[b * BLOCK / 2..(b + 1) * BLOCK / 2])
+                {
+                    for k in 0..4 {
+                        let Ok(xb) = <&[i8; BLOCK]>::try_from(&x[k][b * BLOCK..(b + 1) * BLOCK])
+                        else {
+                            continue;
+                        };
+                        let (a, dw) = q4_block(acc[k], wb, xb, ws[b], xs[k][b]);
+                        acc[k] = a;
+                        offset[k] += dw * xsum[k][b];
+                    }
                 }
             }
             std::array::from_fn(|k| hsum(acc[k]) - 8.0 * offset[k])
@@ -600,44 +643,77 @@ mod x86 {
         }
     }
 
+    /// Two Q4_0 blocks (one 32-byte pair) against their two activation blocks: 8 lanes of
+    /// sums per block, on the unsigned nibbles (`vpmaddubsw` takes them as they are:
+    /// 15 * 127 * 2 fits i16); the caller subtracts the offset of 8 through the block sums.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q4_pair(w: &[u8; BLOCK], xa: &[i8; BLOCK], xb: &[i8; BLOCK]) -> (__m256i, __m256i) {
+        // SAFETY: register arithmetic and 32-byte loads from 32-byte arrays.
+        unsafe {
+            let raw = _mm256_loadu_si256(w.as_ptr().cast());
+            let low = _mm256_set1_epi8(0x0F);
+            let a = _mm256_and_si256(raw, low);
+            let b = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+            let ones = _mm256_set1_epi16(1);
+            (
+                _mm256_madd_epi16(_mm256_maddubs_epi16(a, load32(xa)), ones),
+                _mm256_madd_epi16(_mm256_maddubs_epi16(b, load32(xb)), ones),
+            )
+        }
+    }
+
     /// One Q4_0 row against one activation row; `xsum` holds each activation block's scaled
-    /// sum for the offset term.
+    /// sum for the offset term. Pairs of blocks per step, two pairs per iteration into four
+    /// accumulators.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q4(w: &[u8], ws: &[u16], x: &[i8], xs: &[f32], xsum: &[f32]) -> f32 {
-        const H: usize = BLOCK / 2;
         // SAFETY: as for `dot_q8`.
         unsafe {
+            let nb = ws.len();
+            let pairs = nb / 2;
             let mut acc = [_mm256_setzero_ps(); 4];
-            // One offset sum per accumulator too: a single one would chain every block's add.
             let mut offset = [0f32; 4];
-            let groups = w.chunks_exact(4 * H).zip(x.chunks_exact(4 * BLOCK)).zip(
-                ws.chunks_exact(4)
-                    .zip(xs.chunks_exact(4).zip(xsum.chunks_exact(4))),
-            );
-            for ((wg, xg), (dg, (sg, tg))) in groups {
-                for j in 0..4 {
-                    let (Ok(wb), Ok(xb)) = (
-                        <&[u8; H]>::try_from(&wg[j * H..(j + 1) * H]),
-                        <&[i8; BLOCK]>::try_from(&xg[j * BLOCK..(j + 1) * BLOCK]),
+            let mut p = 0;
+            while p < pairs {
+                let last = (p + 2).min(pairs);
+                for (k, q) in (p..last).enumerate() {
+                    let (Ok(wp), Ok(xa), Ok(xb)) = (
+                        <&[u8; BLOCK]>::try_from(&w[q * BLOCK..(q + 1) * BLOCK]),
+                        <&[i8; BLOCK]>::try_from(&x[2 * q * BLOCK..(2 * q + 1) * BLOCK]),
+                        <&[i8; BLOCK]>::try_from(&x[(2 * q + 1) * BLOCK..(2 * q + 2) * BLOCK]),
                     ) else {
                         continue;
                     };
-                    let (a, dw) = q4_block(acc[j], wb, xb, dg[j], sg[j]);
-                    acc[j] = a;
-                    offset[j] += dw * tg[j];
+                    let (pa, pb) = q4_pair(wp, xa, xb);
+                    let (da, db) = (f16_scale(ws[2 * q]), f16_scale(ws[2 * q + 1]));
+                    let (i, j) = (2 * k, 2 * k + 1);
+                    acc[i] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(pa),
+                        _mm256_set1_ps(da * xs[2 * q]),
+                        acc[i],
+                    );
+                    acc[j] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(pb),
+                        _mm256_set1_ps(db * xs[2 * q + 1]),
+                        acc[j],
+                    );
+                    offset[i] += da * xsum[2 * q];
+                    offset[j] += db * xsum[2 * q + 1];
                 }
+                p = last;
             }
-            let done = ws.len() / 4 * 4;
-            for b in done..ws.len() {
-                let (Ok(wb), Ok(xb)) = (
-                    <&[u8; H]>::try_from(&w[b * H..(b + 1) * H]),
+            if nb % 2 == 1 {
+                // The odd last block, in GGML's order.
+                let b = nb - 1;
+                if let (Ok(wb), Ok(xb)) = (
+                    <&[u8; BLOCK / 2]>::try_from(&w[b * BLOCK / 2..(b + 1) * BLOCK / 2]),
                     <&[i8; BLOCK]>::try_from(&x[b * BLOCK..(b + 1) * BLOCK]),
-                ) else {
-                    continue;
-                };
-                let (a, dw) = q4_block(acc[0], wb, xb, ws[b], xs[b]);
-                acc[0] = a;
-                offset[0] += dw * xsum[b];
+                ) {
+                    let (a, dw) = q4_block(acc[0], wb, xb, ws[b], xs[b]);
+                    acc[0] = a;
+                    offset[0] += dw * xsum[b];
+                }
             }
             let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
             hsum(sum) - 8.0 * ((offset[0] + offset[1]) + (offset[2] + offset[3]))
@@ -685,10 +761,10 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
-    fn check(dtype: GgmlDType, m: usize) -> Result<()> {
+    fn check(dtype: GgmlDType, m: usize, cols: usize) -> Result<()> {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 0.05, (80, 256), &dev)?;
-        let x = Tensor::randn(0f32, 1.0, (m, 256), &dev)?;
+        let w = Tensor::randn(0f32, 0.05, (80, cols), &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (m, cols), &dev)?;
         let q = QTensor::quantize(&w, dtype)?;
         // The reference: the same quantized weights, dequantized, times the f32 input.
         let want = x.matmul(&q.dequantize(&dev)?.t()?)?;
@@ -709,7 +785,10 @@ mod tests {
     fn q8_0_and_q4_0_match_the_dequantized_product() -> Result<()> {
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
             for m in [1, 3, 17] {
-                check(dtype, m)?;
+                // An even and an odd number of blocks per row (Q4_0 packs blocks by pairs).
+                for cols in [256, 288] {
+                    check(dtype, m, cols)?;
+                }
             }
         }
         Ok(())
@@ -718,9 +797,9 @@ mod tests {
     #[test]
     fn portable_and_simd_kernels_agree() -> Result<()> {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 0.05, (3, 320), &dev)?;
-        let x: Vec<f32> = Tensor::randn(0f32, 1.0, 320, &dev)?.to_vec1()?;
-        let act = Activations::quantize(&x, 1, 320);
+        let w = Tensor::randn(0f32, 0.05, (3, 352), &dev)?;
+        let x: Vec<f32> = Tensor::randn(0f32, 1.0, 352, &dev)?.to_vec1()?;
+        let act = Activations::quantize(&x, 1, 352);
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
             let bm = BlockMatrix::from_qtensor("w", &QTensor::quantize(&w, dtype)?)?;
             for r in 0..3 {
@@ -738,12 +817,12 @@ mod tests {
     #[test]
     fn rows_dequantize_as_candle_does() -> Result<()> {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 0.05, (4, 64), &dev)?;
+        let w = Tensor::randn(0f32, 0.05, (4, 96), &dev)?;
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
             let q = QTensor::quantize(&w, dtype)?;
             let want = q.dequantize(&dev)?.to_vec2::<f32>()?;
             let bm = BlockMatrix::from_qtensor("w", &q)?;
-            let mut row = vec![0f32; 64];
+            let mut row = vec![0f32; 96];
             for (r, want) in want.iter().enumerate() {
                 bm.dequantize_row(r, &mut row);
                 assert_eq!(&row, want, "{dtype:?} row {r}");
