@@ -12,7 +12,13 @@
 //! - [`Checkpoint`]: memory-mapped safetensors, one file or shards; every tensor's name,
 //!   dtype and shape is checked against the config before anything is allocated.
 //! - [`Model`]: the transformer with a KV cache; `forward(ids, offset)`,
-//!   `clear_kv_cache()`. Its projections are [`Linear`], dense or quantized.
+//!   `clear_kv_cache()`. Its projections are [`Linear`]: dense, quantized with candle's
+//!   kernels, or Q8_0/Q4_0 [`BlockMatrix`] blocks on this crate's CPU kernels (8-bit
+//!   activations, integer dot products, AVX2 when the CPU has it).
+//! - Quantized models, one model type whatever the source: [`LoadOptions::quantize`] (or
+//!   [`Model::load_quantized`]) quantizes a safetensors checkpoint while loading
+//!   (`Q8_0`, `Q4_0`, `Q4K`, `Q6K`, ... as [`GgmlDType`]); [`Gguf`] reads OpenELM GGUF files
+//!   as llama.cpp writes them, config and tokenizer included ([`OpenElm::from_gguf`]).
 //! - [`Tokenizer`]: `tokenizer.json` through the `tokenizers` crate, Llama-2 BOS handling and a
 //!   streaming detokeniser that never splits a UTF-8 character.
 //! - [`generate`] with [`GenerationConfig`]: temperature, top-k, top-p, repeat penalty, seed,
