@@ -674,7 +674,40 @@ mod x86 {
             let pairs = nb / 2;
             let mut acc = [_mm256_setzero_ps(); 4];
             let mut offset = [0f32; 4];
-            let mut p = 0;
+            // Eight blocks (four pairs) per step with their scales handled as one vector:
+            // one conversion, one multiply and one offset multiply-add for eight blocks, a
+            // lane permute per block.
+            let mut off8 = _mm256_setzero_ps();
+            let groups = pairs / 4;
+            for g in 0..groups {
+                let (Ok(d8), Ok(x8), Ok(t8)) = (
+                    <&[u16; 8]>::try_from(&ws[8 * g..8 * g + 8]),
+                    <&[f32; 8]>::try_from(&xs[8 * g..8 * g + 8]),
+                    <&[f32; 8]>::try_from(&xsum[8 * g..8 * g + 8]),
+                ) else {
+                    continue;
+                };
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
+                let s8 = _mm256_mul_ps(dw, _mm256_loadu_ps(x8.as_ptr()));
+                off8 = _mm256_fmadd_ps(dw, _mm256_loadu_ps(t8.as_ptr()), off8);
+                for k in 0..4 {
+                    let q = 4 * g + k;
+                    let (Ok(wp), Ok(xa), Ok(xb)) = (
+                        <&[u8; BLOCK]>::try_from(&w[q * BLOCK..(q + 1) * BLOCK]),
+                        <&[i8; BLOCK]>::try_from(&x[2 * q * BLOCK..(2 * q + 1) * BLOCK]),
+                        <&[i8; BLOCK]>::try_from(&x[(2 * q + 1) * BLOCK..(2 * q + 2) * BLOCK]),
+                    ) else {
+                        continue;
+                    };
+                    let (pa, pb) = q4_pair(wp, xa, xb);
+                    let sa = _mm256_permutevar8x32_ps(s8, _mm256_set1_epi32(2 * k as i32));
+                    let sb = _mm256_permutevar8x32_ps(s8, _mm256_set1_epi32(2 * k as i32 + 1));
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pa), sa, acc[k]);
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pb), sb, acc[k]);
+                }
+            }
+            offset[0] += hsum(off8);
+            let mut p = groups * 4;
             while p < pairs {
                 let last = (p + 2).min(pairs);
                 for (k, q) in (p..last).enumerate() {
