@@ -611,22 +611,34 @@ mod x86 {
         // guarantees; every array comes from a checked conversion.
         unsafe {
             let mut acc = [_mm256_setzero_ps(); 4];
+            // Eight blocks per step, their scales as one vector (one conversion and one
+            // multiply for eight blocks, a lane permute per block).
             let groups = w
-                .chunks_exact(4 * BLOCK)
-                .zip(x.chunks_exact(4 * BLOCK))
-                .zip(ws.chunks_exact(4).zip(xs.chunks_exact(4)));
+                .chunks_exact(8 * BLOCK)
+                .zip(x.chunks_exact(8 * BLOCK))
+                .zip(ws.chunks_exact(8).zip(xs.chunks_exact(8)));
             for ((wg, xg), (dg, sg)) in groups {
-                for j in 0..4 {
+                let (Ok(d8), Ok(x8)) = (<&[u16; 8]>::try_from(dg), <&[f32; 8]>::try_from(sg))
+                else {
+                    continue;
+                };
+                let s8 = _mm256_mul_ps(
+                    _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast())),
+                    _mm256_loadu_ps(x8.as_ptr()),
+                );
+                for j in 0..8 {
                     let (Ok(wb), Ok(xb)) = (
                         <&[i8; BLOCK]>::try_from(&wg[j * BLOCK..(j + 1) * BLOCK]),
                         <&[i8; BLOCK]>::try_from(&xg[j * BLOCK..(j + 1) * BLOCK]),
                     ) else {
                         continue;
                     };
-                    acc[j] = q8_block(acc[j], wb, xb, dg[j], sg[j]);
+                    let p = dot_i8(load32(wb), load32(xb));
+                    let sj = _mm256_permutevar8x32_ps(s8, _mm256_set1_epi32(j as i32));
+                    acc[j % 4] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sj, acc[j % 4]);
                 }
             }
-            let done = ws.len() / 4 * 4;
+            let done = ws.len() / 8 * 8;
             for b in done..ws.len() {
                 let (Ok(wb), Ok(xb)) = (
                     <&[i8; BLOCK]>::try_from(&w[b * BLOCK..(b + 1) * BLOCK]),
@@ -690,7 +702,7 @@ mod x86 {
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
                 let s8 = _mm256_mul_ps(dw, _mm256_loadu_ps(x8.as_ptr()));
                 off8 = _mm256_fmadd_ps(dw, _mm256_loadu_ps(t8.as_ptr()), off8);
-                for k in 0..4 {
+                for (k, a) in acc.iter_mut().enumerate() {
                     let q = 4 * g + k;
                     let (Ok(wp), Ok(xa), Ok(xb)) = (
                         <&[u8; BLOCK]>::try_from(&w[q * BLOCK..(q + 1) * BLOCK]),
@@ -702,8 +714,8 @@ mod x86 {
                     let (pa, pb) = q4_pair(wp, xa, xb);
                     let sa = _mm256_permutevar8x32_ps(s8, _mm256_set1_epi32(2 * k as i32));
                     let sb = _mm256_permutevar8x32_ps(s8, _mm256_set1_epi32(2 * k as i32 + 1));
-                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pa), sa, acc[k]);
-                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pb), sb, acc[k]);
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pa), sa, *a);
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pb), sb, *a);
                 }
             }
             offset[0] += hsum(off8);
