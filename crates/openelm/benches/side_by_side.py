@@ -76,21 +76,24 @@ def main():
             print(f"{fmt} round {i + 1}: llama.cpp {l_runs[-1][0]:.1f}/{l_runs[-1][1]:.1f} tok/s, "
                   f"elmroute {pp:.1f}/{tg:.1f} tok/s (prompt/generated), load {loadavg()}", flush=True)
         med = lambda runs, k: statistics.median(r[k] for r in runs)
-        rows.append((fmt, "llama.cpp", med(l_runs, 0), med(l_runs, 1), max(r[2] for r in l_runs), None))
-        rows.append((fmt, "elmroute", med(o_runs, 0), med(o_runs, 1), max(r[2] for r in o_runs), wbytes))
+        best = lambda runs, k: max(r[k] for r in runs)
+        for eng, runs, wb in (("llama.cpp", l_runs, None), ("elmroute", o_runs, wbytes)):
+            rows.append((fmt, eng, med(runs, 0), med(runs, 1), best(runs, 0), best(runs, 1),
+                         max(r[2] for r in runs), wb))
     print(f"load average (1 min) after: {loadavg()}")
     print(f"\nOpenELM-270M random weights, same GGUF file per format, 2 threads, prompt {a.prompt}, "
-          f"generate {a.gen}; medians of {a.rounds} rounds (best of {a.reps} runs each)")
-    print(f"{'format':<6} {'engine':<10} {'prompt tok/s':>12} {'gen tok/s':>10} {'peak RSS MiB':>12} "
-          f"{'gen GB/s':>9}")
+          f"generate {a.gen}; {a.rounds} rounds (best of {a.reps} runs each): median and best round")
+    print(f"{'format':<6} {'engine':<10} {'prompt tok/s':>17} {'gen tok/s':>15} {'peak RSS MiB':>12} "
+          f"{'gen GB/s (best)':>15}")
     by = {}
-    for fmt, eng, pp, tg, rss, wb in rows:
-        by[(fmt, eng)] = (pp, tg)
-        gbs = f"{wb * tg / 1e9:>9.1f}" if wb else f"{'':>9}"
-        print(f"{fmt:<6} {eng:<10} {pp:>12.1f} {tg:>10.1f} {rss:>12.0f} {gbs}")
+    for fmt, eng, pp, tg, bpp, btg, rss, wb in rows:
+        by[(fmt, eng)] = (pp, tg, bpp, btg)
+        gbs = f"{wb * btg / 1e9:>15.1f}" if wb else f"{'':>15}"
+        print(f"{fmt:<6} {eng:<10} {pp:>8.1f} / {bpp:>6.1f} {tg:>7.1f} / {btg:>5.1f} {rss:>12.0f} {gbs}")
     for fmt in a.formats.split(","):
-        (lp, lt), (op, ot) = by[(fmt, "llama.cpp")], by[(fmt, "elmroute")]
-        print(f"{fmt}: elmroute / llama.cpp = {op / lp:.2f}x prompt, {ot / lt:.2f}x generated")
+        (lp, lt, lbp, lbt), (op, ot, obp, obt) = by[(fmt, "llama.cpp")], by[(fmt, "elmroute")]
+        print(f"{fmt}: elmroute / llama.cpp = {op / lp:.2f}x prompt, {ot / lt:.2f}x generated (medians); "
+              f"{obp / lbp:.2f}x, {obt / lbt:.2f}x (best rounds)")
 
 
 if __name__ == "__main__":

@@ -806,10 +806,23 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
+    /// Deterministic values uniform in [-a, a).
+    fn uniform(n: usize, a: f32, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+            })
+            .collect()
+    }
+
     fn check(dtype: GgmlDType, m: usize, cols: usize) -> Result<()> {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 0.05, (80, cols), &dev)?;
-        let x = Tensor::randn(0f32, 1.0, (m, cols), &dev)?;
+        let w = Tensor::from_vec(uniform(80 * cols, 0.05, 1), (80, cols), &dev)?;
+        let x = Tensor::from_vec(uniform(m * cols, 1.0, 2 + m as u64), (m, cols), &dev)?;
         let q = QTensor::quantize(&w, dtype)?;
         // The reference: the same quantized weights, dequantized, times the f32 input.
         let want = x.matmul(&q.dequantize(&dev)?.t()?)?;
@@ -817,10 +830,12 @@ mod tests {
         let got = x.apply_op1_no_bwd(&BlockMatMul(Arc::new(bm)))?;
         let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
-        // Only the 8-bit activation rounding differs: about 1/254 of each block's largest
-        // value per term, far below 1% of the largest output.
+        // Only the 8-bit activation rounding differs: each term is off by up to 1/254 of its
+        // block's largest activation, zero-mean, so a sum of k terms is off by about
+        // sqrt(k) / 440 of the typical term while outputs reach about 3 sqrt(k) times it:
+        // well under 1% of the largest output typically, 3% allows the worst of ~1400.
         assert!(
-            diff < scale * 0.01,
+            diff < scale * 0.03,
             "{dtype:?} m={m}: off by {diff} at scale {scale}"
         );
         Ok(())
@@ -842,8 +857,8 @@ mod tests {
     #[test]
     fn portable_and_simd_kernels_agree() -> Result<()> {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 0.05, (3, 352), &dev)?;
-        let x: Vec<f32> = Tensor::randn(0f32, 1.0, 352, &dev)?.to_vec1()?;
+        let w = Tensor::from_vec(uniform(3 * 352, 0.05, 3), (3, 352), &dev)?;
+        let x = uniform(352, 1.0, 4);
         let act = Activations::quantize(&x, 1, 352);
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
             let bm = BlockMatrix::from_qtensor("w", &QTensor::quantize(&w, dtype)?)?;
@@ -862,7 +877,7 @@ mod tests {
     #[test]
     fn rows_dequantize_as_candle_does() -> Result<()> {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 0.05, (4, 96), &dev)?;
+        let w = Tensor::from_vec(uniform(4 * 96, 0.05, 5), (4, 96), &dev)?;
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
             let q = QTensor::quantize(&w, dtype)?;
             let want = q.dequantize(&dev)?.to_vec2::<f32>()?;

@@ -367,6 +367,33 @@ async fn engine_from_gguf_answers_like_the_safetensors_engine() {
     assert_eq!(r.usage.completion_tokens, 12);
 }
 
+#[tokio::test]
+async fn engine_quantizes_a_safetensors_checkpoint_at_load() {
+    let dir = common::fixture("tiny-gqa");
+    let files = elmroute_openelm::ModelFiles {
+        config: dir.join("config.json"),
+        weights: vec![dir.join("model.safetensors")],
+        tokenizer: common::fixture("tokenizer/tokenizer.json"),
+    };
+    let opts = LoadOptions::default().with_quantize(Some(GgmlDType::Q8_0));
+    let engine = OpenElm::from_files(files, opts).unwrap();
+    let req = ChatRequest::user("the request")
+        .with_max_tokens(8)
+        .with_temperature(0.0);
+    let q = engine.complete(&req).await.unwrap();
+    // The same answer as the Q8_0 GGUF twin of the same weights (identical blocks).
+    let tok = common::fixture("tokenizer/tokenizer.json");
+    let twin = OpenElm::from_gguf(
+        common::fixture(TWIN_Q8_0),
+        Some(&tok),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let t = twin.complete(&req).await.unwrap();
+    assert_eq!(q.text, t.text);
+    assert_eq!(q.usage.completion_tokens, 8);
+}
+
 // ---- bad GGUF files -------------------------------------------------------------------
 
 /// The twin's metadata and tensors, to be edited and written back with candle's writer.
