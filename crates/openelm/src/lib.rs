@@ -66,6 +66,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod attention;
 mod chat_template;
 mod config;
 mod engine;

@@ -250,6 +250,14 @@ impl Attention {
         let rep = n_q / n_kv;
         let scale = 1.0 / (hd as f64).sqrt();
         let q = (q * scale)?.reshape((b, n_kv, rep * s, hd))?;
+        if s == 1 && q.dtype() == DType::F32 && q.device().is_cpu() && mask.is_none() {
+            // Decoding: one op over the cache instead of two general matmuls.
+            let y = q
+                .contiguous()?
+                .apply_op3_no_bwd(&k, &v, &crate::attention::DecodeAttention)?
+                .reshape((b, s, n_q * hd))?;
+            return self.out.forward(&y);
+        }
         let scores = q.matmul(&k.t()?)?;
         let scores = match mask {
             Some(mask) => scores
