@@ -251,7 +251,10 @@ impl Activations {
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut total = 0i32;
             for (o, v) in qb.iter_mut().zip(xb) {
-                *o = (v * inv).round() as i8;
+                // Round half away from zero as `f32::round` does, without its libm call
+                // (baseline x86-64 has no rounding instruction): |v * inv| <= 127.
+                let r = v * inv;
+                *o = (r + 0.5f32.copysign(r)) as i8;
                 total += i32::from(*o);
             }
             *s = d;
