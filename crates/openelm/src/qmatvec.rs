@@ -524,7 +524,41 @@ mod x86 {
         unsafe {
             let mut acc = [_mm256_setzero_ps(); 4];
             let ones = _mm256_set1_epi16(1);
-            for (b, (wb, &d)) in w.chunks_exact(BLOCK).zip(ws).enumerate() {
+            // Groups of eight blocks with their scales as vectors, as in `dot4_q4`.
+            let groups = ws.len() / 8;
+            for g in 0..groups {
+                let Ok(d8) = <&[u16; 8]>::try_from(&ws[8 * g..8 * g + 8]) else {
+                    continue;
+                };
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
+                let mut s8 = [_mm256_setzero_ps(); 4];
+                for k in 0..4 {
+                    let Ok(x8) = <&[f32; 8]>::try_from(&xs[k][8 * g..8 * g + 8]) else {
+                        continue;
+                    };
+                    s8[k] = _mm256_mul_ps(dw, _mm256_loadu_ps(x8.as_ptr()));
+                }
+                for j in 0..8 {
+                    let b = 8 * g + j;
+                    let Ok(wb) = <&[i8; BLOCK]>::try_from(&w[b * BLOCK..(b + 1) * BLOCK]) else {
+                        continue;
+                    };
+                    let wv = load32(wb);
+                    let aw = _mm256_sign_epi8(wv, wv);
+                    let lane = _mm256_set1_epi32(j as i32);
+                    for k in 0..4 {
+                        let Ok(xb) = <&[i8; BLOCK]>::try_from(&x[k][b * BLOCK..(b + 1) * BLOCK])
+                        else {
+                            continue;
+                        };
+                        let sx = _mm256_sign_epi8(load32(xb), wv);
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
+                        let sk = _mm256_permutevar8x32_ps(s8[k], lane);
+                        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sk, acc[k]);
+                    }
+                }
+            }
+            for (b, (wb, &d)) in w.chunks_exact(BLOCK).zip(ws).enumerate().skip(groups * 8) {
                 let Ok(wb) = <&[i8; BLOCK]>::try_from(wb) else {
                     continue;
                 };
