@@ -8,6 +8,7 @@
 //! its strides (no copy).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
+use rayon::prelude::*;
 
 /// `q [B, G, R, hd]` (already scaled, contiguous), `k`, `v` `[B, G, T, hd]` (last dim
 /// contiguous) -> `[B, G, R, hd]`: for each KV head `g`, its `R` query heads attend over all
@@ -69,13 +70,16 @@ impl CustomOp3 for DecodeAttention {
             candle_core::bail!("{}: k and v rows must be contiguous", self.name());
         }
         let mut out = vec![0f32; b * g * r * hd];
-        let mut p = vec![0f32; t];
-        for bi in 0..b {
-            for gi in 0..g {
+        // One task per (batch, KV head): its query heads, its slice of the cache.
+        out.par_chunks_mut(r * hd)
+            .enumerate()
+            .for_each(|(bg, out)| {
+                let (bi, gi) = (bg / g, bg % g);
                 let kbase = lk.start_offset() + bi * ks[0] + gi * ks[1];
                 let vbase = lv.start_offset() + bi * vs[0] + gi * vs[1];
-                for ri in 0..r {
-                    let row = (bi * g + gi) * r + ri;
+                let mut p = vec![0f32; t];
+                for (ri, orow) in out.chunks_exact_mut(hd).enumerate() {
+                    let row = bg * r + ri;
                     let qrow = &q[q0 + row * hd..q0 + (row + 1) * hd];
                     for (j, pj) in p.iter_mut().enumerate() {
                         let at = kbase + j * ks[2];
@@ -88,7 +92,6 @@ impl CustomOp3 for DecodeAttention {
                         sum += *pj;
                     }
                     let inv = 1.0 / sum;
-                    let orow = &mut out[row * hd..(row + 1) * hd];
                     for (j, &pj) in p.iter().enumerate() {
                         let at = vbase + j * vs[2];
                         let w = pj * inv;
@@ -97,8 +100,7 @@ impl CustomOp3 for DecodeAttention {
                         }
                     }
                 }
-            }
-        }
+            });
         Ok((CpuStorage::F32(out), Shape::from((b, g, r, hd))))
     }
 }
