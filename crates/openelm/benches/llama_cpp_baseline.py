@@ -20,6 +20,10 @@ Steps it performs:
        /tmp/openelm270m-bf16.gguf (made from the F32 file with llama_model_quantize, BF16; the
                                    build uses the AVX512_BF16 kernels when the CPU has them)
        /tmp/openelm270m-q8_0.gguf (made from the F16 file with llama_model_quantize, Q8_0)
+       /tmp/openelm270m-q4_0.gguf (same, Q4_0; llama.cpp stores the tied token_embd as Q6_K)
+       /tmp/openelm270m-q4_k.gguf (same, Q4_K_M)
+     The elmroute bench loads these very files (`--gguf FILE`), so both engines run the same
+     weights.
      The tokenizer.* key/values are copied from llama.cpp's models/ggml-vocab-llama-spm.gguf
      (32000-token llama SPM vocab); pass VOCAB_GGUF=/path to override the location.
   3. For each dtype, in a fresh subprocess (so peak RSS is per dtype): loads the model with
@@ -28,7 +32,7 @@ Steps it performs:
      greedily one at a time (argmax of the logits, one eval per token; generated tok/s).
      Prints a table, plus peak RSS (resource.getrusage ru_maxrss).
 
-Options: --dtypes f32,f16,bf16,q8_0   --reps 2   --prompt 128   --gen 64
+Options: --dtypes f32,f16,bf16,q8_0,q4_0,q4_k   --reps 2   --prompt 128   --gen 64
 """
 import argparse
 import glob
@@ -200,6 +204,15 @@ def measure(path, reps, n_prompt, n_gen):
     return {"runs": runs, "rss_mib": rss_mib, "size_mib": os.path.getsize(path) / 2**20}
 
 
+# llama.cpp file types made from the F16 file with llama_model_quantize. llama.cpp picks the
+# type of the tied token_embd/output matrix itself (Q6_K in its Q4_0 and Q4_K_M files).
+QUANT_FTYPES = {
+    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "q4_k": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtypes", default="f32,f16,bf16,q8_0")
@@ -227,10 +240,10 @@ def main():
         try:
             if dt in ("f32", "f16"):
                 write_gguf(p, dt)
-            elif dt == "q8_0":
+            elif dt in QUANT_FTYPES:
                 src = os.path.join(OUT_DIR, "openelm270m-f16.gguf")
                 write_gguf(src, "f16")
-                quantize(src, p, llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0)
+                quantize(src, p, getattr(llama_cpp, QUANT_FTYPES[dt]))
             elif dt == "bf16":  # matrices BF16 (converted from the F32 file), norms F32
                 src = os.path.join(OUT_DIR, "openelm270m-f32.gguf")
                 write_gguf(src, "f32")

@@ -376,6 +376,52 @@ impl Config {
         })
     }
 
+    /// Checks a config built field by field (as from GGUF metadata): positive sizes, one
+    /// entry per layer in every list, query heads a multiple of KV heads, an even head width.
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        let layers = self.num_layers;
+        for (field, v) in [
+            ("vocab_size", self.vocab_size),
+            ("model_dim", self.model_dim),
+            ("head_dim", self.head_dim),
+            ("num_layers", layers),
+            ("max_context_length", self.max_context_length),
+        ] {
+            if v == 0 {
+                return Err(format!("{field} is 0"));
+            }
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(format!(
+                "head width {} is odd; RoPE needs an even width",
+                self.head_dim
+            ));
+        }
+        for (field, len) in [
+            ("query head counts", self.num_query_heads.len()),
+            ("KV head counts", self.num_kv_heads.len()),
+            ("FFN widths", self.ffn_dims.len()),
+        ] {
+            if len != layers {
+                return Err(format!("{len} {field} for {layers} layers"));
+            }
+        }
+        for i in 0..layers {
+            let (q, kv, f) = (
+                self.num_query_heads[i],
+                self.num_kv_heads[i],
+                self.ffn_dims[i],
+            );
+            if q == 0 || kv == 0 || q % kv != 0 || f == 0 {
+                return Err(format!(
+                    "layer {i}: {q} query heads, {kv} KV heads, FFN width {f}; expected all \
+                     positive with query heads a multiple of KV heads"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Every tensor the checkpoint must hold, with its `[out, in]` shape.
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
         let (d, hd) = (self.model_dim, self.head_dim);

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 use elmroute_core::{Availability, Backend, BackendKind, ChatRequest, Chunk, ChunkStream, Reply};
 use futures::StreamExt;
@@ -16,6 +17,7 @@ use crate::chat_template::ChatTemplate;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::generation::{GenerationConfig, generate};
+use crate::gguf::Gguf;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::weights::Checkpoint;
@@ -28,6 +30,16 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Where the model runs. Default CPU.
     pub device: Device,
+    /// Quantize the projection matrices and the shared embedding of a safetensors checkpoint
+    /// to this GGML type while loading (`Q8_0`, `Q4_0`, `Q4K`, `Q6K`, ...), for the small,
+    /// fast on-device path without a conversion tool. Norms and activations stay in
+    /// [`dtype`](Self::dtype). A matrix whose rows are not a whole number of blocks falls
+    /// back as [`quant_type_for`](crate::quant_type_for) says. On the CPU, Q8_0 and Q4_0
+    /// run on this crate's block kernels and Q4_K on candle's; other block types are
+    /// re-blocked to Q8_0 after quantizing (their rounding, Q8_0's storage), since candle
+    /// multiplies them with scalar code. GGUF files keep their own types and ignore this.
+    /// Default `None`: the weights as stored.
+    pub quantize: Option<GgmlDType>,
     /// Requests that may wait while one runs; one more gets a busy error. Default 8; 0 is
     /// taken as 1.
     pub queue_capacity: usize,
@@ -68,6 +80,7 @@ impl Default for LoadOptions {
         Self {
             dtype: DType::F32,
             device: Device::Cpu,
+            quantize: None,
             queue_capacity: 8,
             truncate_left: false,
             name: None,
@@ -88,6 +101,12 @@ impl LoadOptions {
     /// Sets the device.
     pub fn with_device(mut self, device: Device) -> Self {
         self.device = device;
+        self
+    }
+
+    /// Quantizes the weights to `quantize` while loading (see [`quantize`](Self::quantize)).
+    pub fn with_quantize(mut self, quantize: Option<GgmlDType>) -> Self {
+        self.quantize = quantize;
         self
     }
 
@@ -180,7 +199,34 @@ fn load_files(files: &ModelFiles, opts: &LoadOptions, progress: impl FnMut(f32))
     let config = Config::from_file(&files.config)?;
     let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
     let checkpoint = Checkpoint::open(&files.weights)?;
-    let model = Model::load(&config, &checkpoint, opts.dtype, &opts.device, progress)?;
+    let model = Model::load_quantized(
+        &config,
+        &checkpoint,
+        opts.quantize,
+        opts.dtype,
+        &opts.device,
+        progress,
+    )?;
+    Ok(Loaded {
+        model,
+        tokenizer: Arc::new(tokenizer),
+    })
+}
+
+/// Loads a GGUF file and its tokenizer: `tokenizer` when given, else the file's own
+/// vocabulary, else an error naming the tokenizer.json to give.
+fn load_gguf(
+    path: &Path,
+    tokenizer: Option<&Path>,
+    opts: &LoadOptions,
+    progress: impl FnMut(f32),
+) -> Result<Loaded> {
+    let mut gguf = Gguf::open(path)?;
+    let tokenizer = match tokenizer {
+        Some(p) => Tokenizer::from_file(p)?,
+        None => gguf.require_tokenizer()?,
+    };
+    let model = gguf.load_model(opts.dtype, &opts.device, progress)?;
     Ok(Loaded {
         model,
         tokenizer: Arc::new(tokenizer),
@@ -192,6 +238,7 @@ fn load_files(files: &ModelFiles, opts: &LoadOptions, progress: impl FnMut(f32))
 enum Source {
     Dir(PathBuf),
     Files(ModelFiles),
+    Gguf(PathBuf, Option<PathBuf>),
     Loaded(Box<Model>, Arc<Tokenizer>),
 }
 
@@ -284,6 +331,42 @@ impl OpenElm {
         ))
     }
 
+    /// Loads an OpenELM GGUF file (blocking) and returns a ready engine. The tokenizer is
+    /// `tokenizer` (a `tokenizer.json`) when given, else the vocabulary the file carries; a
+    /// file without one is an error that says to give a tokenizer.json. The weights keep the
+    /// file's GGML types ([`LoadOptions::quantize`] does not apply).
+    pub fn from_gguf(
+        path: impl AsRef<Path>,
+        tokenizer: Option<&Path>,
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        let opts = with_default_name(opts, &gguf_stem(path));
+        let loaded = load_gguf(path, tokenizer, &opts, |p| {
+            if let Some(cb) = &opts.on_progress {
+                (cb.0)(p);
+            }
+        })?;
+        Ok(Self::from_model(
+            loaded.model,
+            (*loaded.tokenizer).clone(),
+            opts,
+        ))
+    }
+
+    /// Like [`from_gguf`](Self::from_gguf), loading on the worker thread as
+    /// [`spawn`](Self::spawn) does.
+    pub fn spawn_gguf(path: impl AsRef<Path>, tokenizer: Option<&Path>, opts: LoadOptions) -> Self {
+        let path = path.as_ref();
+        let opts = with_default_name(opts, &gguf_stem(path));
+        let engine = Self::unloaded(
+            Source::Gguf(path.to_path_buf(), tokenizer.map(Path::to_path_buf)),
+            opts,
+        );
+        engine.start_loading();
+        engine
+    }
+
     /// An engine around an already built model and tokenizer; ready at once.
     pub fn from_model(model: Model, tokenizer: Tokenizer, opts: LoadOptions) -> Self {
         let engine = Self::unloaded(
@@ -355,7 +438,7 @@ impl OpenElm {
         match &source {
             // Already in memory: ready before this returns.
             Source::Loaded(model, tokenizer) => publish(&self.shared, model, tokenizer),
-            Source::Dir(_) | Source::Files(_) => {
+            Source::Dir(_) | Source::Files(_) | Source::Gguf(..) => {
                 self.shared.set(Availability::Loading { progress: 0.0 })
             }
         }
@@ -514,13 +597,18 @@ fn fresh_seed() -> u64 {
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// The file name without `.gguf`, for the default engine name.
+fn gguf_stem(path: &Path) -> PathBuf {
+    PathBuf::from(path.file_stem().unwrap_or_default())
+}
+
 fn load_with_progress(
-    files: &ModelFiles,
+    load: impl FnOnce(&mut dyn FnMut(f32)) -> Result<Loaded>,
     opts: &LoadOptions,
     shared: &Arc<Shared>,
 ) -> Result<Loaded> {
     std::panic::catch_unwind(AssertUnwindSafe(|| {
-        load_files(files, opts, |p| {
+        load(&mut |p| {
             shared.set(Availability::Loading { progress: p });
             if let Some(cb) = &opts.on_progress {
                 (cb.0)(p);
@@ -553,10 +641,16 @@ fn worker(source: Source, opts: LoadOptions, shared: Arc<Shared>, rx: Receiver<J
             model: *model,
             tokenizer,
         }),
-        Source::Dir(dir) => {
-            ModelFiles::from_dir(&dir).and_then(|files| load_with_progress(&files, &opts, &shared))
+        Source::Dir(dir) => ModelFiles::from_dir(&dir)
+            .and_then(|files| load_with_progress(|p| load_files(&files, &opts, p), &opts, &shared)),
+        Source::Files(files) => {
+            load_with_progress(|p| load_files(&files, &opts, p), &opts, &shared)
         }
-        Source::Files(files) => load_with_progress(&files, &opts, &shared),
+        Source::Gguf(path, tokenizer) => load_with_progress(
+            |p| load_gguf(&path, tokenizer.as_deref(), &opts, p),
+            &opts,
+            &shared,
+        ),
     };
     let mut loaded = match loaded {
         Ok(l) => l,

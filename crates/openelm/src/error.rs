@@ -82,6 +82,25 @@ pub enum Error {
         /// What the parser reported.
         detail: String,
     },
+    /// A GGUF file is unreadable (truncated, corrupt) or does not describe an OpenELM model;
+    /// the detail names the metadata key or tensor and what was expected.
+    #[error("GGUF {}: {detail}", path.display())]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A matrix could not be quantized to the requested type.
+    #[error("cannot quantize tensor `{name}` to {dtype}: {detail}")]
+    Quantization {
+        /// The tensor name.
+        name: String,
+        /// The requested GGML type.
+        dtype: String,
+        /// What candle reported.
+        detail: String,
+    },
     /// The shard index JSON is malformed or names missing files.
     #[error("shard index {}: {detail}", path.display())]
     ShardIndex {

@@ -12,7 +12,13 @@
 //! - [`Checkpoint`]: memory-mapped safetensors, one file or shards; every tensor's name,
 //!   dtype and shape is checked against the config before anything is allocated.
 //! - [`Model`]: the transformer with a KV cache; `forward(ids, offset)`,
-//!   `clear_kv_cache()`. Its projections are [`Linear`], dense or quantized.
+//!   `clear_kv_cache()`. Its projections are [`Linear`]: dense, quantized with candle's
+//!   kernels, or Q8_0/Q4_0 [`BlockMatrix`] blocks on this crate's CPU kernels (8-bit
+//!   activations, integer dot products, AVX2 when the CPU has it).
+//! - Quantized models, one model type whatever the source: [`LoadOptions::quantize`] (or
+//!   [`Model::load_quantized`]) quantizes a safetensors checkpoint while loading
+//!   (`Q8_0`, `Q4_0`, `Q4K`, `Q6K`, ... as [`GgmlDType`]); [`Gguf`] reads OpenELM GGUF files
+//!   as llama.cpp writes them, config and tokenizer included ([`OpenElm::from_gguf`]).
 //! - [`Tokenizer`]: `tokenizer.json` through the `tokenizers` crate, Llama-2 BOS handling and a
 //!   streaming detokeniser that never splits a UTF-8 character.
 //! - [`generate`] with [`GenerationConfig`]: temperature, top-k, top-p, repeat penalty, seed,
@@ -60,15 +66,19 @@
 //! ```
 #![deny(missing_docs)]
 
+mod attention;
 mod chat_template;
 mod config;
 mod engine;
 mod error;
 mod generation;
+mod gguf;
 #[cfg(feature = "hub")]
 pub mod hub;
 mod matvec;
 mod model;
+mod qmatvec;
+mod source;
 mod tokenizer;
 mod weights;
 
@@ -77,9 +87,14 @@ pub use config::{Config, OfficialSize, make_divisible};
 pub use engine::{LoadOptions, ModelFiles, OpenElm, ProgressFn};
 pub use error::{Error, Result};
 pub use generation::{Generation, GenerationConfig, Sampler, fit_context, generate};
+pub use gguf::{GGUF_ARCHITECTURE, Gguf};
 pub use model::{Linear, Model, random_tensors};
+pub use qmatvec::BlockMatrix;
+pub use source::{parse_quant_type, quant_type_for};
 pub use tokenizer::{TextStream, Tokenizer};
 pub use weights::{Checkpoint, SHARD_INDEX, SINGLE_FILE, TensorInfo};
 
+/// candle's GGML weight types (`Q8_0`, `Q4_0`, `Q4K`, `Q6K`, ...), for quantized models.
+pub use candle_core::quantized::GgmlDType;
 /// candle's tensor types, re-exported so callers need no direct candle dependency.
 pub use candle_core::{DType, Device, Tensor};

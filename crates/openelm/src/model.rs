@@ -6,8 +6,12 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::kv_cache::KvCache;
 
+use candle_core::quantized::GgmlDType;
+
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::qmatvec::{BlockMatMul, BlockMatrix};
+use crate::source::{SafetensorsSource, TensorMap, Weight, WeightSource};
 use crate::weights::Checkpoint;
 
 /// The KV cache grows in steps of this many positions.
@@ -22,14 +26,43 @@ const KV_CACHE_STEP: usize = 256;
 pub enum Linear {
     /// A dense `[out, in]` weight in the run dtype.
     Dense(Tensor),
-    /// A quantized weight.
+    /// A quantized weight, multiplied by candle's quantized matmul.
     Quantized(QMatMul),
+    /// A Q8_0 or Q4_0 weight on the CPU, multiplied by this crate's block kernels (8-bit
+    /// activations, integer dot products, all threads).
+    Blocks(std::sync::Arc<BlockMatrix>),
 }
 
 impl Linear {
     /// A quantized layer from a `[out, in]` quantized tensor.
     pub fn quantized(weight: std::sync::Arc<QTensor>) -> Result<Self> {
         Ok(Self::Quantized(QMatMul::from_arc(weight)?))
+    }
+
+    /// A layer for the CPU kernels from a Q8_0 or Q4_0 `[out, in]` quantized tensor; other
+    /// types and devices get candle's quantized matmul.
+    pub fn blocks(weight: std::sync::Arc<QTensor>) -> Result<Self> {
+        Self::from_weight(Weight::Quantized(weight).for_kernels("<weight>")?)
+    }
+
+    fn from_weight(w: Weight) -> Result<Self> {
+        match w {
+            Weight::Dense(t) => Ok(Self::Dense(t)),
+            Weight::Quantized(q) => Self::quantized(q),
+            Weight::Blocks(b) => Ok(Self::Blocks(b)),
+        }
+    }
+
+    /// The weight type: the float dtype of a dense layer, the GGML type of a quantized one.
+    pub fn weight_type(&self) -> String {
+        match self {
+            Self::Dense(w) => format!("{:?}", w.dtype()).to_lowercase(),
+            Self::Quantized(QMatMul::QTensor(q)) => format!("{:?}", q.dtype()).to_lowercase(),
+            Self::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
+                format!("{:?}", w.dtype()).to_lowercase()
+            }
+            Self::Blocks(b) => format!("{:?}", b.dtype()).to_lowercase(),
+        }
     }
 
     /// Applies the layer to `x` of shape `[.., in]`.
@@ -62,8 +95,72 @@ impl Linear {
                 }
                 Ok(y.reshape(out_dims)?)
             }
-            Self::Quantized(q) => Ok(q.forward(x)?),
+            Self::Quantized(q) => {
+                let x = if x.is_contiguous() {
+                    x.clone()
+                } else {
+                    x.contiguous()?
+                };
+                Ok(q.forward(&x)?)
+            }
+            Self::Blocks(b) => {
+                let dtype = x.dtype();
+                let x = x.to_dtype(DType::F32)?.contiguous()?;
+                let y = x.apply_op1_no_bwd(&BlockMatMul(b.clone()))?;
+                Ok(if dtype == DType::F32 {
+                    y
+                } else {
+                    y.to_dtype(dtype)?
+                })
+            }
         }
+    }
+}
+
+/// The token embedding table: dense, or quantized with rows dequantized on lookup (so the
+/// table shared with the output projection is stored once, quantized).
+#[derive(Debug, Clone)]
+enum Embeddings {
+    Dense(Tensor),
+    Quantized(std::sync::Arc<QTensor>),
+    Blocks(std::sync::Arc<BlockMatrix>),
+}
+
+impl Embeddings {
+    fn from_weight(w: Weight) -> Self {
+        match w {
+            Weight::Dense(t) => Self::Dense(t),
+            Weight::Quantized(q) => Self::Quantized(q),
+            Weight::Blocks(b) => Self::Blocks(b),
+        }
+    }
+
+    /// The rows of `ids` (flat u32) as `[n, D]` in `dtype`.
+    fn lookup(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        let rows = match self {
+            Self::Dense(t) => t.embedding(ids)?,
+            Self::Quantized(q) => q.embedding(ids)?,
+            Self::Blocks(b) => {
+                let ids = ids.to_vec1::<u32>()?;
+                let (vocab, cols) = b.dims();
+                let mut out = vec![0f32; ids.len() * cols];
+                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(cols)) {
+                    if id as usize >= vocab {
+                        return Err(Error::TokenOutOfRange {
+                            token: id,
+                            vocab_size: vocab,
+                        });
+                    }
+                    b.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(out, (ids.len(), cols), &Device::Cpu)?
+            }
+        };
+        Ok(if rows.dtype() == dtype {
+            rows
+        } else {
+            rows.to_dtype(dtype)?
+        })
     }
 }
 
@@ -153,6 +250,14 @@ impl Attention {
         let rep = n_q / n_kv;
         let scale = 1.0 / (hd as f64).sqrt();
         let q = (q * scale)?.reshape((b, n_kv, rep * s, hd))?;
+        if s == 1 && q.dtype() == DType::F32 && q.device().is_cpu() && mask.is_none() {
+            // Decoding: one op over the cache instead of two general matmuls.
+            let y = q
+                .contiguous()?
+                .apply_op3_no_bwd(&k, &v, &crate::attention::DecodeAttention)?
+                .reshape((b, s, n_q * hd))?;
+            return self.out.forward(&y);
+        }
         let scores = q.matmul(&k.t()?)?;
         let scores = match mask {
             Some(mask) => scores
@@ -214,7 +319,7 @@ impl Layer {
 #[derive(Debug)]
 pub struct Model {
     config: Config,
-    embeddings: Tensor,
+    embeddings: Embeddings,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Linear,
@@ -234,6 +339,22 @@ impl Model {
         device: &Device,
         progress: impl FnMut(f32),
     ) -> Result<Self> {
+        Self::load_quantized(config, checkpoint, None, dtype, device, progress)
+    }
+
+    /// Like [`load`](Model::load), quantizing every projection matrix (and the shared
+    /// embedding) to `quantize` while loading, one tensor at a time. Norms stay in `dtype`,
+    /// which is also the activation dtype. Matrices whose rows are not a whole number of
+    /// blocks fall back as [`quant_type_for`](crate::quant_type_for) says. `None` loads the
+    /// float weights as stored.
+    pub fn load_quantized(
+        config: &Config,
+        checkpoint: &Checkpoint,
+        quantize: Option<GgmlDType>,
+        dtype: DType,
+        device: &Device,
+        progress: impl FnMut(f32),
+    ) -> Result<Self> {
         check_dtype(dtype)?;
         if dtype == DType::F16 && (config.head_dim >= 128 || config.model_dim >= 3072) {
             tracing::warn!(
@@ -242,77 +363,105 @@ impl Model {
                 "f16 overflows on the larger OpenELM models; prefer bf16 or f32"
             );
         }
-        let tensors = checkpoint.load_all(config, dtype, device, progress)?;
-        Self::from_tensors(config, tensors, dtype, device)
+        checkpoint.validate(config)?;
+        let mut source = SafetensorsSource {
+            checkpoint,
+            quantize,
+            device: device.clone(),
+        };
+        Self::build(config, &mut source, dtype, device, progress)
     }
 
     /// Builds the model from named tensors (Hugging Face names, `[out, in]` layout), checking
     /// each name and shape against `config`. Tensors are converted to `dtype` if needed.
     pub fn from_tensors(
         config: &Config,
-        mut tensors: HashMap<String, Tensor>,
+        tensors: HashMap<String, Tensor>,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
         check_dtype(dtype)?;
-        for (name, shape) in config.expected_tensors() {
-            match tensors.get(&name) {
-                None => {
-                    return Err(Error::MissingTensor {
-                        name,
-                        expected: shape,
-                        files: "<tensors>".into(),
-                    });
-                }
-                Some(t) if t.dims() != shape.as_slice() => {
-                    return Err(Error::TensorShape {
-                        file: "<tensors>".into(),
-                        name,
-                        expected: shape,
-                        found: t.dims().to_vec(),
-                    });
-                }
-                Some(_) => {}
-            }
-        }
-        let mut take = |name: &str| -> Result<Tensor> {
-            let t = tensors.remove(name).ok_or_else(|| Error::MissingTensor {
-                name: name.to_string(),
-                expected: Vec::new(),
-                files: "<tensors>".into(),
-            })?;
-            let t = t.to_device(device)?;
-            Ok(if t.dtype() == dtype {
-                t
-            } else {
-                t.to_dtype(dtype)?
-            })
+        let mut source = TensorMap {
+            tensors,
+            device: device.clone(),
+        };
+        Self::build(config, &mut source, dtype, device, |_| {})
+    }
+
+    /// The one constructor every format goes through: asks `source` for each tensor the
+    /// config names, in the order of [`Config::expected_tensors`], reporting the fraction of
+    /// parameters loaded after each.
+    pub(crate) fn build(
+        config: &Config,
+        source: &mut dyn WeightSource,
+        dtype: DType,
+        device: &Device,
+        mut progress: impl FnMut(f32),
+    ) -> Result<Self> {
+        check_dtype(dtype)?;
+        let expected: HashMap<String, Vec<usize>> = config.expected_tensors().into_iter().collect();
+        let total: usize = expected
+            .values()
+            .map(|s| s.iter().product::<usize>())
+            .sum::<usize>()
+            .max(1);
+        let mut done = 0usize;
+        // Called once per tensor, after it is loaded.
+        let mut step = |shape: &[usize]| {
+            done += shape.iter().product::<usize>();
+            progress(done as f32 / total as f32);
+        };
+        let shape_of = |name: &str| -> Result<Vec<usize>> {
+            expected
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::InvalidArgument(format!("the config has no tensor `{name}`")))
+        };
+        let step = std::cell::RefCell::new(&mut step);
+        let vector = |source: &mut dyn WeightSource, name: &str| -> Result<Tensor> {
+            let shape = shape_of(name)?;
+            let t = source.vector(name, &shape, dtype)?;
+            (step.borrow_mut())(&shape);
+            Ok(t)
+        };
+        let matrix = |source: &mut dyn WeightSource, name: &str| -> Result<Weight> {
+            let shape = shape_of(name)?;
+            let w = source.matrix(name, &shape, dtype)?.for_kernels(name)?;
+            (step.borrow_mut())(&shape);
+            Ok(w)
         };
         let eps = config.rms_norm_eps as f32;
-        let embeddings = take("transformer.token_embeddings.weight")?;
-        let norm = take("transformer.norm.weight")?;
+        let embed = matrix(source, "transformer.token_embeddings.weight")?;
+        let norm = vector(source, "transformer.norm.weight")?;
         let lm_head = if config.share_input_output_layers {
             // The same storage serves the lookup and the output projection.
-            Linear::Dense(embeddings.clone())
+            Linear::from_weight(embed.clone())?
         } else {
-            Linear::Dense(take("lm_head.weight")?)
+            Linear::from_weight(matrix(source, "lm_head.weight")?)?
         };
+        let embeddings = Embeddings::from_weight(embed);
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
             let p = format!("transformer.layers.{i}");
             let (q_norm, k_norm) = if config.normalize_qk_projections {
                 (
-                    Some(take(&format!("{p}.attn.q_norm.weight"))?),
-                    Some(take(&format!("{p}.attn.k_norm.weight"))?),
+                    Some(vector(source, &format!("{p}.attn.q_norm.weight"))?),
+                    Some(vector(source, &format!("{p}.attn.k_norm.weight"))?),
                 )
             } else {
                 (None, None)
             };
             layers.push(Layer {
-                attn_norm: take(&format!("{p}.attn_norm.weight"))?,
+                attn_norm: vector(source, &format!("{p}.attn_norm.weight"))?,
                 attn: Attention {
-                    qkv: Linear::Dense(take(&format!("{p}.attn.qkv_proj.weight"))?),
-                    out: Linear::Dense(take(&format!("{p}.attn.out_proj.weight"))?),
+                    qkv: Linear::from_weight(matrix(
+                        source,
+                        &format!("{p}.attn.qkv_proj.weight"),
+                    )?)?,
+                    out: Linear::from_weight(matrix(
+                        source,
+                        &format!("{p}.attn.out_proj.weight"),
+                    )?)?,
                     q_norm,
                     k_norm,
                     n_q: config.num_query_heads[i],
@@ -321,9 +470,9 @@ impl Model {
                     eps,
                     cache: KvCache::new(2, KV_CACHE_STEP),
                 },
-                ffn_norm: take(&format!("{p}.ffn_norm.weight"))?,
-                proj_1: Linear::Dense(take(&format!("{p}.ffn.proj_1.weight"))?),
-                proj_2: Linear::Dense(take(&format!("{p}.ffn.proj_2.weight"))?),
+                ffn_norm: vector(source, &format!("{p}.ffn_norm.weight"))?,
+                proj_1: Linear::from_weight(matrix(source, &format!("{p}.ffn.proj_1.weight"))?)?,
+                proj_2: Linear::from_weight(matrix(source, &format!("{p}.ffn.proj_2.weight"))?)?,
                 eps,
             });
         }
@@ -355,6 +504,45 @@ impl Model {
         &self.device
     }
 
+    /// How many projection matrices (the shared embedding counted once) use each weight type,
+    /// as `("q8_0", 97)`, `("f32", 1)`: what quantizing at load or a GGUF file produced.
+    pub fn weight_types(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut add = |ty: String| *out.entry(ty).or_insert(0) += 1;
+        if !self.config.share_input_output_layers {
+            add(match &self.embeddings {
+                Embeddings::Dense(t) => format!("{:?}", t.dtype()).to_lowercase(),
+                Embeddings::Quantized(q) => format!("{:?}", q.dtype()).to_lowercase(),
+                Embeddings::Blocks(b) => format!("{:?}", b.dtype()).to_lowercase(),
+            });
+        }
+        add(self.lm_head.weight_type());
+        for l in &self.layers {
+            for p in [&l.attn.qkv, &l.attn.out, &l.proj_1, &l.proj_2] {
+                add(p.weight_type());
+            }
+        }
+        out
+    }
+
+    /// Bytes of weights one generated token reads: every projection, the output projection
+    /// and the norms (the embedding lookup of one row is left out).
+    pub fn weight_bytes(&self) -> usize {
+        let dense = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let linear = |l: &Linear| match l {
+            Linear::Dense(t) => dense(t),
+            Linear::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Linear::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => dense(t),
+            Linear::Blocks(b) => b.size_in_bytes(),
+        };
+        let mut n = linear(&self.lm_head) + dense(&self.norm);
+        for l in &self.layers {
+            n += linear(&l.attn.qkv) + linear(&l.attn.out) + linear(&l.proj_1) + linear(&l.proj_2);
+            n += dense(&l.attn_norm) + dense(&l.ffn_norm);
+        }
+        n
+    }
+
     /// Positions held in the KV cache: the offset the next [`forward`](Model::forward) takes.
     pub fn seq_len(&self) -> usize {
         self.seq_len
@@ -372,17 +560,21 @@ impl Model {
     /// the logits of every position, `[B, S, vocab]` in f32. `offset` must equal
     /// [`seq_len`](Model::seq_len).
     pub fn forward(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
-        let h = self.hidden(ids, offset)?;
-        self.logits(&h)
+        on_pool(|| {
+            let h = self.hidden(ids, offset)?;
+            self.logits(&h)
+        })
     }
 
     /// Like [`forward`](Model::forward) but returns only the last position's logits,
     /// `[B, vocab]` in f32, which is all generation needs.
     pub fn forward_last(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
-        let h = self.hidden(ids, offset)?;
-        let s = h.dim(1)?;
-        let h = h.narrow(1, s - 1, 1)?;
-        Ok(self.logits(&h)?.squeeze(1)?)
+        on_pool(|| {
+            let h = self.hidden(ids, offset)?;
+            let s = h.dim(1)?;
+            let h = h.narrow(1, s - 1, 1)?;
+            Ok(self.logits(&h)?.squeeze(1)?)
+        })
     }
 
     /// Runs token ids given as a slice (batch 1) and returns the last position's logits.
@@ -441,11 +633,10 @@ impl Model {
                 vocab_size: vocab,
             });
         }
-        let mut h = self.embeddings.embedding(&ids.flatten_all()?)?.reshape((
-            b,
-            s,
-            self.config.model_dim,
-        ))?;
+        let mut h = self
+            .embeddings
+            .lookup(&ids.flatten_all()?, self.dtype)?
+            .reshape((b, s, self.config.model_dim))?;
         let mask = if s > 1 {
             Some(causal_mask(s, offset, self.dtype, &self.device)?)
         } else {
@@ -474,6 +665,18 @@ impl Model {
     fn logits(&self, h: &Tensor) -> Result<Tensor> {
         let h = candle_nn::ops::rms_norm(h, &self.norm, self.config.rms_norm_eps as f32)?;
         Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
+    }
+}
+
+/// Runs a forward pass on one of rayon's worker threads. The block kernels split every
+/// matrix across rayon's threads; called from a worker, the caller's thread takes part in
+/// that work, while from any other thread each of the ~65 matrix products of a token would
+/// park the caller and wake it again (two context switches per product).
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
     }
 }
 

@@ -117,6 +117,83 @@ impl Tokenizer {
     }
 }
 
+/// The `tokenizer.json` of a SentencePiece vocabulary given as GGUF stores it (pieces,
+/// scores, token types): a BPE model with byte fallback whose merges are every split of a
+/// piece into two pieces of the vocabulary, ranked by the merged piece's score (higher first),
+/// which is how SentencePiece's BPE picks the next merge. Control and unknown tokens become
+/// special added tokens; byte pieces (`<0xNN>`) and unused ones take part in no merge.
+pub(crate) fn spm_tokenizer_json(
+    tokens: &[String],
+    scores: &[f32],
+    types: &[i64],
+    unk: usize,
+) -> String {
+    use std::collections::HashMap;
+    // GGUF token types (llama.cpp's): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+    let ids: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mergeable = |i: usize| matches!(types.get(i), Some(1) | Some(4));
+    let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if !mergeable(id) {
+            continue;
+        }
+        for (at, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(at);
+            if let (Some(&li), Some(&ri)) = (ids.get(l), ids.get(r)) {
+                if mergeable(li) && mergeable(ri) {
+                    merges.push((scores.get(id).copied().unwrap_or(0.0), id, li, ri));
+                }
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), serde_json::Value::from(i)))
+        .collect();
+    let merges: Vec<serde_json::Value> = merges
+        .iter()
+        .map(|&(_, _, l, r)| serde_json::json!([tokens[l], tokens[r]]))
+        .collect();
+    let added: Vec<serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(types.get(*i), Some(2) | Some(3)))
+        .map(|(i, t)| {
+            serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let unk_token = tokens.get(unk).cloned().unwrap_or_else(|| "<unk>".into());
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u{2581}"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}
+        ]},
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}
+        ]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk_token,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+            "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges}
+    })
+    .to_string()
+}
+
 /// Maps every id to its bytes when the vocabulary is SentencePiece-style with byte fallback
 /// (all 256 `<0xNN>` pieces present), as Llama-2's is.
 fn byte_pieces(tok: &tokenizers::Tokenizer) -> Option<Vec<Piece>> {
