@@ -133,3 +133,31 @@ fn assistant_answers_on_the_device_with_a_model() {
         "{stderr}"
     );
 }
+
+#[test]
+fn assistant_answers_from_a_gguf_file_with_its_own_tokenizer() {
+    let gguf = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crates/openelm/tests/fixtures/tiny-gqa/model-q8_0.gguf"
+    );
+    let out = common::assistant()
+        .args([
+            "--gguf",
+            gguf,
+            "--max-tokens",
+            "5",
+            "--temperature",
+            "0",
+            "--prompt",
+            "the router",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    assert!(
+        stderr.contains("── local · openelm:model-q8_0 · ") && stderr.contains(" · 5 tokens"),
+        "{stderr}"
+    );
+}

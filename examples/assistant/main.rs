@@ -61,6 +61,17 @@ pub struct Args {
     /// The dtype the on-device model runs in: f32, bf16 or f16.
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     dtype: elmroute::openelm::DType,
+    /// Quantize the on-device model's weights as it loads: q8_0, q4_0, q4_k, ... (smaller
+    /// and faster; q8_0 stays closest to the float model).
+    #[arg(long, value_name = "TYPE", value_parser = parse_quant)]
+    quant: Option<elmroute::openelm::GgmlDType>,
+    /// An OpenELM GGUF file (as llama.cpp writes them) for the on-device model; its own
+    /// tokenizer is used unless --tokenizer is given. Wins over --model-dir and --model.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["demo", "model_dir"])]
+    gguf: Option<PathBuf>,
+    /// A tokenizer.json for --gguf.
+    #[arg(long, value_name = "FILE", requires = "gguf")]
+    tokenizer: Option<PathBuf>,
     /// An OpenAI-compatible base URL for the cloud side (e.g. http://127.0.0.1:8000/v1).
     /// Default: the policy's [remote] table; none means no cloud.
     #[arg(long, value_name = "URL")]
@@ -156,6 +167,10 @@ fn parse_dtype(s: &str) -> Result<elmroute::openelm::DType, String> {
             "unknown dtype `{other}`: expected f32, bf16 or f16"
         )),
     }
+}
+
+fn parse_quant(s: &str) -> Result<elmroute::openelm::GgmlDType, String> {
+    elmroute::openelm::parse_quant_type(s).map_err(|e| e.to_string())
 }
 
 /// A mode by its policy-file name.

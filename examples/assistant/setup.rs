@@ -90,7 +90,9 @@ pub struct LocalModel {
 /// The on-device model: `--demo`, else `--model-dir`, else the Hugging Face cache, else a
 /// download when the hub can be reached.
 pub fn local_model(args: &Args) -> anyhow::Result<LocalModel> {
-    let opts = LoadOptions::default().with_dtype(args.dtype);
+    let opts = LoadOptions::default()
+        .with_dtype(args.dtype)
+        .with_quantize(args.quant);
     if args.demo {
         let config = Config::from_json(DEMO_CONFIG)?;
         let tensors = random_tensors(&config, DType::F32, &Device::Cpu)?;
@@ -104,6 +106,17 @@ pub fn local_model(args: &Args) -> anyhow::Result<LocalModel> {
                 config.num_parameters()
             ),
             demo: true,
+        });
+    }
+    if let Some(file) = &args.gguf {
+        let engine = load_with_progress(file.display().to_string(), || {
+            OpenElm::from_gguf(file, args.tokenizer.as_deref(), opts.clone())
+                .with_context(|| format!("cannot load the GGUF model {}", file.display()))
+        })?;
+        return Ok(LocalModel {
+            engine: Arc::new(engine),
+            source: file.display().to_string(),
+            demo: false,
         });
     }
     if let Some(dir) = &args.model_dir {
