@@ -73,9 +73,11 @@ fn measure(name: &str, min_lines: usize) -> f64 {
         if got != case.expect {
             let short: String = case.prompt.chars().take(110).collect();
             wrong.push(format!(
-                "  want {:5} got {:5} | {}",
+                "  want {:5} got {:5} (complexity {:.2}, total {:.2}) | {}",
                 case.expect,
                 got,
+                route.scores.complexity,
+                route.scores.total,
                 short.replace('\n', " ")
             ));
         }
@@ -104,6 +106,18 @@ const BAR: f64 = 0.85;
 #[test]
 fn balanced_generalises_to_the_first_held_out_set() {
     let accuracy = measure("routing_heldout", 150);
+    assert!(
+        accuracy >= BAR,
+        "accuracy {:.1}% below the bar",
+        accuracy * 100.0
+    );
+}
+
+/// Written after the scorer was changed for the first set and measured before anything else
+/// was touched: the honest figure.
+#[test]
+fn balanced_generalises_to_the_second_held_out_set() {
+    let accuracy = measure("routing_heldout2", 40);
     assert!(
         accuracy >= BAR,
         "accuracy {:.1}% below the bar",
