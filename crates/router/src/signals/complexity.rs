@@ -73,7 +73,18 @@ const MARKERS: &[(Feature, &[&str])] = &[
             "deduce",
             "what would happen",
             "how would",
-            "design a",
+            "design",
+            "differences",
+            "diferencias",
+            "différences",
+            "unterschiede",
+            "differenze",
+            "различия",
+            "区别",
+            "違い",
+            "consecuencias",
+            "conséquences",
+            "conseguenze",
             "architect",
             "strategy",
             "recommend",
@@ -105,6 +116,7 @@ const MARKERS: &[(Feature, &[&str])] = &[
             "analizza",
             "porque",
             "análisis",
+            "explíca",
             "analisi",
             "confronta",
             "begründe",
@@ -174,8 +186,13 @@ const MARKERS: &[(Feature, &[&str])] = &[
             "prime number",
             "primes",
             "irrational",
+            "ecuaci",
+            "équation",
+            "equazion",
+            "gleichung",
             "converge",
             "compound",
+            "estimate",
             "show your work",
             "show the work",
             "show the math",
@@ -249,6 +266,12 @@ const MARKERS: &[(Feature, &[&str])] = &[
             "スレッド",
             "функци",
             "алгоритм",
+            "speed up",
+            "speed it up",
+            "dynamic programming",
+            "動的計画",
+            "动态规划",
+            "динамическ",
             "c++",
             "golang",
             "sql",
@@ -362,6 +385,10 @@ const MARKERS: &[(Feature, &[&str])] = &[
             "detalhado",
             "dissertation",
             "aufsatz",
+            "detailliert",
+            "projektplan",
+            "project plan",
+            "study plan",
             "ensayo",
             "plan de negocios",
             "businessplan",
@@ -441,6 +468,24 @@ const MARKERS: &[(Feature, &[&str])] = &[
             "write a script",
             "write a function",
             "write code",
+            "write a class",
+            "напиши функцию",
+            "напиши программу",
+            "напиши код",
+            "écris une fonction",
+            "écris un programme",
+            "escribe una función",
+            "escribe un programa",
+            "scrivi una funzione",
+            "scrivi un programma",
+            "schreibe eine funktion",
+            "schreibe ein programm",
+            "写代码",
+            "写出代码",
+            "写一个函数",
+            "コードを書いて",
+            "show that",
+            "demonstrate that",
             "démontre",
             "démontrer",
             "demuestra",
@@ -762,7 +807,10 @@ impl HeuristicComplexity {
                 0x8C if i >= 2 && bytes.get(i - 2..i) == Some(&[0xEF, 0xBC][..]) => commas += 1,
                 0x81 if i >= 2 && bytes.get(i - 2..i) == Some(&[0xE3, 0x80][..]) => commas += 1,
                 b'0'..=b'9' => {
-                    if i == 0 || bytes.get(i - 1).is_some_and(|p| !p.is_ascii_alphanumeric()) {
+                    // A figure starts after a space or bracket: "12/05/2024", "9:30" and
+                    // "3.14" are one figure each.
+                    let joined = |p: &u8| p.is_ascii_alphanumeric() || b"/:.-".contains(p);
+                    if i == 0 || bytes.get(i - 1).is_some_and(|p| !joined(p)) {
                         numbers += 1;
                     }
                     last_digit = i;
@@ -1024,6 +1072,15 @@ mod tests {
         let f = h.features(&ChatRequest::user("sales 120 95 130 80 135"));
         assert_eq!(f.math, 1);
         let f = h.features(&ChatRequest::user("sales 120 95 130 80"));
+        assert_eq!(f.math, 0);
+    }
+
+    #[test]
+    fn dates_and_times_are_one_figure_each() {
+        let h = HeuristicComplexity::new();
+        let f = h.features(&ChatRequest::user(
+            "remind me on 12/05/2024 at 10:30 and 3.5",
+        ));
         assert_eq!(f.math, 0);
     }
 }
