@@ -738,7 +738,15 @@ impl HeuristicComplexity {
             .chunks(2)
             .filter_map(|c| Some((*c.first()?, c.get(1).map_or(bytes.len(), |&e| e + 3))))
             .collect();
-        let in_block = |i: usize| blocks.iter().any(|&(s, e)| i >= s && i < e);
+        // Blocks are sorted and disjoint: a binary search keeps the check logarithmic even
+        // for a prompt made of thousands of fences.
+        let in_block = |i: usize| {
+            let after = blocks.partition_point(|&(s, _)| s <= i);
+            after
+                .checked_sub(1)
+                .and_then(|k| blocks.get(k))
+                .is_some_and(|&(_, e)| i < e)
+        };
         // The head: up to the first ':', '?' or newline near the start. If it is a transform
         // ask with no hard marker of its own, what follows is material to transform.
         let head_end = bytes
@@ -1109,5 +1117,15 @@ mod tests {
         ] {
             assert!(score(p) < 0.45, "{}: {p}", score(p));
         }
+    }
+
+    #[test]
+    fn code_block_lookup_handles_many_fences() {
+        let h = HeuristicComplexity::new();
+        let text = format!("{}why", "```x```".repeat(5000));
+        let f = h.features(&ChatRequest::user(text));
+        assert_eq!((f.code_blocks, f.reasoning), (5000, 1));
+        let f = h.features(&ChatRequest::user("```a``` b ```why"));
+        assert_eq!((f.code_blocks, f.reasoning), (2, 0));
     }
 }
