@@ -291,3 +291,68 @@ proptest! {
         prop_assert_eq!(stream(&points), whole);
     }
 }
+
+/// Pieces of prompts: plain words, hard markers in several languages, separators, fences and
+/// figures. Simple and transform asks only ever start a prompt (they discount what follows).
+const HARD_PIECES: &[&str] = &[
+    "the",
+    "cat",
+    "report",
+    "prove",
+    "explain",
+    "why",
+    "code",
+    "```",
+    ":",
+    "?",
+    ",",
+    "\n",
+    "1",
+    "+",
+    "2",
+    "python",
+    "rust",
+    "Докажи",
+    "证明",
+    "detailed",
+    "implement",
+    "step by step",
+    "integral",
+    "compare",
+];
+const HEAD_PIECES: &[&str] = &[
+    "Fix the typos",
+    "Translate this",
+    "what is",
+    "hello",
+    "Summarize",
+    "Übersetze",
+    "the",
+];
+
+fn pieces(pool: &'static [&'static str], n: usize) -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(pool), 0..n).prop_map(|v| v.join(" "))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// Appending hard material to any prompt, a transform ask or a code block included,
+    /// never lowers the complexity score.
+    #[test]
+    fn appending_hard_material_never_lowers_complexity(
+        head in pieces(HEAD_PIECES, 3),
+        body in pieces(HARD_PIECES, 12),
+        tail in pieces(HARD_PIECES, 12),
+    ) {
+        use elmroute_router::ComplexityScorer;
+        static SCORER: std::sync::OnceLock<elmroute_router::HeuristicComplexity> =
+            std::sync::OnceLock::new();
+        let scorer = SCORER.get_or_init(elmroute_router::HeuristicComplexity::new);
+        let before = format!("{head} {body}");
+        let after = format!("{before} {tail}");
+        let a = scorer.score(&elmroute_core::ChatRequest::user(before.clone()));
+        let b = scorer.score(&elmroute_core::ChatRequest::user(after.clone()));
+        prop_assert!(b >= a, "{a} -> {b}: {before:?} -> {after:?}");
+    }
+}
