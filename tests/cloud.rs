@@ -71,6 +71,16 @@ fn cloud_answer(text: &str) -> serde_json::Value {
     })
 }
 
+/// A provider on loopback that answers every request with "cloud answer".
+async fn answering_cloud() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(cloud_answer("cloud answer")))
+        .mount(&server)
+        .await;
+    server
+}
+
 fn cloud(base: String) -> OpenAi {
     let mut config = OpenAiConfig::new(base, "cloud-model").with_api_key("sk-test-router");
     config.retry.base_delay = Duration::from_millis(10);
@@ -117,11 +127,7 @@ async fn requests(server: &MockServer) -> usize {
 
 #[tokio::test]
 async fn an_online_complex_prompt_is_answered_by_the_cloud() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(cloud_answer("cloud answer")))
-        .mount(&server)
-        .await;
+    let server = answering_cloud().await;
     let device = Device::default();
     let r = router(server.uri(), &device, Network::Online);
     let c = r.complete(ChatRequest::user(HARD)).await.unwrap();
@@ -180,11 +186,7 @@ async fn a_cloud_503_falls_back_to_the_device() {
 
 #[tokio::test]
 async fn offline_routes_to_the_device_without_touching_the_network() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(cloud_answer("cloud answer")))
-        .mount(&server)
-        .await;
+    let server = answering_cloud().await;
     let device = Device::default();
     let r = router(server.uri(), &device, Network::Offline);
     let c = r.complete(ChatRequest::user(HARD)).await.unwrap();
@@ -221,11 +223,7 @@ async fn a_provider_out_of_reach_costs_one_failed_connection_not_one_per_request
 
 #[tokio::test]
 async fn private_prompts_never_reach_the_cloud() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(cloud_answer("cloud answer")))
-        .mount(&server)
-        .await;
+    let server = answering_cloud().await;
     let device = Device::default();
     let r = router(server.uri(), &device, Network::Online);
     let c = r.complete(ChatRequest::user(PRIVATE)).await.unwrap();
