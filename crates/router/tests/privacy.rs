@@ -5,7 +5,6 @@ mod common;
 
 use common::{TestBackend, policy};
 use elmroute_core::{ChatRequest, Mode, Rule, Sensitivity, Target};
-use elmroute_router::Router;
 
 fn pair() -> (TestBackend, TestBackend) {
     (
@@ -26,12 +25,7 @@ async fn private_prompt_under_privacy_first_never_reaches_the_remote() {
     for prompt in prompts {
         for mode in Mode::ALL {
             let (local, remote) = pair();
-            let router = Router::builder()
-                .policy(policy("privacy-first"))
-                .local(local.clone())
-                .remote(remote.clone())
-                .build()
-                .unwrap();
+            let router = common::router(policy("privacy-first"), &local, &remote);
             let _ = router
                 .complete(ChatRequest::user(prompt).with_mode(mode))
                 .await;
@@ -46,12 +40,7 @@ async fn private_prompt_under_privacy_first_never_reaches_the_remote() {
 #[tokio::test]
 async fn confidential_label_keeps_even_bland_text_local() {
     let (local, remote) = pair();
-    let router = Router::builder()
-        .policy(policy("cloud-first"))
-        .local(local.clone())
-        .remote(remote.clone())
-        .build()
-        .unwrap();
+    let router = common::router(policy("cloud-first"), &local, &remote);
     let c = router
         .complete(
             ChatRequest::user("Summarise the quarterly plan")
@@ -68,12 +57,7 @@ async fn confidential_label_keeps_even_bland_text_local() {
 async fn redacted_values_never_reach_the_remote_and_come_back_in_the_answer() {
     let local = TestBackend::local("unused");
     let remote = TestBackend::remote("Done: [PHONE_1] will get a text.");
-    let router = Router::builder()
-        .policy(policy("cloud-first"))
-        .local(local)
-        .remote(remote.clone())
-        .build()
-        .unwrap();
+    let router = common::router(policy("cloud-first"), &local, &remote);
     let c = router
         .complete(ChatRequest::user("Text +1 415 555 0134 that I'm late"))
         .await
@@ -87,12 +71,7 @@ async fn redacted_values_never_reach_the_remote_and_come_back_in_the_answer() {
 #[tokio::test]
 async fn history_counts_too() {
     let (local, remote) = pair();
-    let router = Router::builder()
-        .policy(policy("balanced"))
-        .local(local)
-        .remote(remote.clone())
-        .build()
-        .unwrap();
+    let router = common::router(policy("balanced"), &local, &remote);
     let req = ChatRequest::new(vec![
         elmroute_core::Message::user("My card is 4111 1111 1111 1111"),
         elmroute_core::Message::assistant("Noted."),
@@ -110,12 +89,7 @@ async fn block_refuses_private_requests_with_a_typed_error_before_any_backend() 
     let mut p = policy("balanced");
     p.privacy.action = elmroute_core::PrivacyAction::Block;
     let (local, remote) = pair();
-    let router = Router::builder()
-        .policy(p)
-        .local(local.clone())
-        .remote(remote.clone())
-        .build()
-        .unwrap();
+    let router = common::router(p, &local, &remote);
     let prompt = "Email jane.doe@example.com the card 4111 1111 1111 1111";
     let err = router
         .complete(ChatRequest::user(prompt))
@@ -146,12 +120,7 @@ async fn block_refuses_private_requests_with_a_typed_error_before_any_backend() 
 #[tokio::test]
 async fn a_request_may_ask_to_block_but_not_undo_a_policy_block() {
     let (local, remote) = pair();
-    let router = Router::builder()
-        .policy(policy("balanced"))
-        .local(local.clone())
-        .remote(remote.clone())
-        .build()
-        .unwrap();
+    let router = common::router(policy("balanced"), &local, &remote);
     let prompt = "My SSN is 219-09-9999";
     let err = router
         .complete(
@@ -165,12 +134,7 @@ async fn a_request_may_ask_to_block_but_not_undo_a_policy_block() {
 
     let mut p = policy("balanced");
     p.privacy.action = elmroute_core::PrivacyAction::Block;
-    let router = Router::builder()
-        .policy(p)
-        .local(local)
-        .remote(remote)
-        .build()
-        .unwrap();
+    let router = common::router(p, &local, &remote);
     let err = router
         .complete(
             ChatRequest::user(prompt).with_privacy_action(elmroute_core::PrivacyAction::Redact),
@@ -183,12 +147,7 @@ async fn a_request_may_ask_to_block_but_not_undo_a_policy_block() {
 #[tokio::test]
 async fn routes_carry_categories_and_counts_never_values() {
     let (local, remote) = pair();
-    let router = Router::builder()
-        .policy(policy("balanced"))
-        .local(local)
-        .remote(remote)
-        .build()
-        .unwrap();
+    let router = common::router(policy("balanced"), &local, &remote);
     let prompt = "Write to bob@example.com and ann@example.org, I was diagnosed with diabetes";
     let c = router.complete(ChatRequest::user(prompt)).await.unwrap();
     let found: Vec<(&str, usize)> = c
@@ -214,12 +173,7 @@ async fn routes_carry_categories_and_counts_never_values() {
 #[tokio::test]
 async fn a_message_label_raises_privacy_like_the_request_label() {
     let (local, remote) = pair();
-    let router = Router::builder()
-        .policy(policy("cloud-first"))
-        .local(local)
-        .remote(remote.clone())
-        .build()
-        .unwrap();
+    let router = common::router(policy("cloud-first"), &local, &remote);
     let req = ChatRequest::new(vec![
         elmroute_core::Message::user("Here is the merger memo: the plan is to close in May")
             .with_sensitivity(Sensitivity::Confidential),
@@ -240,12 +194,7 @@ async fn custom_patterns_are_found_redacted_and_restored() {
     .unwrap();
     let local = TestBackend::local("unused");
     let remote = TestBackend::remote("Filed the leave for [PRIVATE_1].");
-    let router = Router::builder()
-        .policy(p)
-        .local(local)
-        .remote(remote.clone())
-        .build()
-        .unwrap();
+    let router = common::router(p, &local, &remote);
     let c = router
         .complete(ChatRequest::user(
             "File annual leave for EMP-204311 next week",
@@ -271,12 +220,7 @@ async fn policy_topic_words_count_like_built_in_ones() {
     )
     .unwrap();
     let (local, remote) = pair();
-    let router = Router::builder()
-        .policy(p)
-        .local(local)
-        .remote(remote.clone())
-        .build()
-        .unwrap();
+    let router = common::router(p, &local, &remote);
     let c = router
         .complete(ChatRequest::user(
             "I have had long covid since March and can't work",
@@ -324,12 +268,7 @@ async fn no_shipped_policy_sends_clearly_private_values_raw() {
         "offline-only",
     ] {
         let (local, remote) = pair();
-        let router = Router::builder()
-            .policy(policy(name))
-            .local(local)
-            .remote(remote.clone())
-            .build()
-            .unwrap();
+        let router = common::router(policy(name), &local, &remote);
         for mode in Mode::ALL {
             for (prompt, value) in values {
                 let _ = router
