@@ -159,11 +159,7 @@ fn bf16_run_dtype_stays_close_to_reference() {
         if am(g) == am(w) {
             agree += 1;
         }
-        let worst = g
-            .iter()
-            .zip(w)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = row_diff(g, w);
         assert!(worst < 0.5, "bf16 run drifted by {worst}");
     }
     assert!(
@@ -186,11 +182,7 @@ fn bf16_run_dtype_stays_close_to_reference() {
         inc.extend(to_rows(&step));
     }
     for (pos, (a, b)) in inc.iter().zip(&rows).enumerate() {
-        let worst = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let worst = row_diff(a, b);
         assert!(worst < 0.25, "bf16 decode vs bf16 full at {pos}: {worst}");
     }
 }
@@ -307,4 +299,12 @@ fn one_layer(model_dim: usize, head_dim: usize, context: usize) -> Config {
             "ffn_multipliers": [1.0], "ffn_dim_divisor": 16, "max_context_length": {context}}}"#
     ))
     .unwrap()
+}
+
+/// The largest absolute difference between two logit rows.
+fn row_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
 }
