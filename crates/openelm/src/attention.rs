@@ -10,29 +10,13 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
 
+use crate::simd::{Rows, attend};
+
 /// `q [B, G, R, hd]` (already scaled, contiguous), `k`, `v` `[B, G, T, hd]` (last dim
 /// contiguous) -> `[B, G, R, hd]`: for each KV head `g`, its `R` query heads attend over all
 /// `T` cached positions. f32 only.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DecodeAttention;
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
 
 impl CustomOp3 for DecodeAttention {
     fn name(&self) -> &'static str {
@@ -70,36 +54,51 @@ impl CustomOp3 for DecodeAttention {
             candle_core::bail!("{}: k and v rows must be contiguous", self.name());
         }
         let mut out = vec![0f32; b * g * r * hd];
-        // One task per (batch, KV head): its query heads, its slice of the cache.
-        out.par_chunks_mut(r * hd)
-            .enumerate()
-            .for_each(|(bg, out)| {
-                let (bi, gi) = (bg / g, bg % g);
-                let kbase = lk.start_offset() + bi * ks[0] + gi * ks[1];
-                let vbase = lv.start_offset() + bi * vs[0] + gi * vs[1];
-                let mut p = vec![0f32; t];
-                for (ri, orow) in out.chunks_exact_mut(hd).enumerate() {
-                    let row = bg * r + ri;
-                    let qrow = &q[q0 + row * hd..q0 + (row + 1) * hd];
-                    for (j, pj) in p.iter_mut().enumerate() {
-                        let at = kbase + j * ks[2];
-                        *pj = dot(qrow, &k[at..at + hd]);
-                    }
-                    let max = p.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-                    let mut sum = 0f32;
-                    for pj in p.iter_mut() {
-                        *pj = (*pj - max).exp();
-                        sum += *pj;
-                    }
-                    let inv = 1.0 / sum;
-                    for (j, &pj) in p.iter().enumerate() {
-                        let at = vbase + j * vs[2];
-                        let w = pj * inv;
-                        for (o, &x) in orow.iter_mut().zip(&v[at..at + hd]) {
-                            *o += w * x;
-                        }
-                    }
+        let rows = |data, base, stride| Rows {
+            data,
+            start: base,
+            stride,
+            width: hd,
+        };
+        for bi in 0..b {
+            for gi in 0..g {
+                let kr = rows(&k[..], lk.start_offset() + bi * ks[0] + gi * ks[1], ks[2]);
+                let vr = rows(&v[..], lv.start_offset() + bi * vs[0] + gi * vs[1], vs[2]);
+                if !kr.holds(t) || !vr.holds(t) {
+                    candle_core::bail!(
+                        "{}: the cache layout reaches past its storage",
+                        self.name()
+                    );
                 }
+            }
+        }
+        // One task per group of query rows that share a KV head: each key and value row
+        // is read once per group. A model has 3 to 5 KV heads per layer; when they do not
+        // split evenly over the threads, each group is halved so the threads stay busy.
+        let threads = rayon::current_num_threads().max(1);
+        let per_task = if (b * g) % threads == 0 {
+            r
+        } else {
+            r.div_ceil(2)
+        };
+        let tasks_per_head = r.div_ceil(per_task);
+        let mut parts: Vec<(usize, &mut [f32])> = Vec::with_capacity(b * g * tasks_per_head);
+        for (bg, head) in out.chunks_mut(r * hd).enumerate() {
+            for part in head.chunks_mut(per_task * hd) {
+                parts.push((bg, part));
+            }
+        }
+        let first_row = |bg: usize, part: usize| bg * r + part * per_task;
+        parts
+            .par_iter_mut()
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (i, (bg, orows))| {
+                let (bi, gi) = (*bg / g, *bg % g);
+                let kr = rows(&k[..], lk.start_offset() + bi * ks[0] + gi * ks[1], ks[2]);
+                let vr = rows(&v[..], lv.start_offset() + bi * vs[0] + gi * vs[1], vs[2]);
+                let row0 = first_row(*bg, i % tasks_per_head);
+                let qrows = &q[q0 + row0 * hd..q0 + row0 * hd + orows.len()];
+                attend(qrows, kr, vr, t, scores, orows);
             });
         Ok((CpuStorage::F32(out), Shape::from((b, g, r, hd))))
     }

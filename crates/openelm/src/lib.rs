@@ -69,6 +69,7 @@
 mod attention;
 mod chat_template;
 mod config;
+mod decode;
 mod engine;
 mod error;
 mod generation;
@@ -78,6 +79,7 @@ pub mod hub;
 mod matvec;
 mod model;
 mod qmatvec;
+mod simd;
 mod source;
 mod tokenizer;
 mod weights;

@@ -117,6 +117,32 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `rows` rows of `x` (`rows * in` f32 values) through the layer on the CPU: the block
+    /// kernels run on the slice itself, other weights go through a tensor.
+    fn forward_rows(&self, x: Vec<f32>, rows: usize) -> Result<Vec<f32>> {
+        if let Self::Blocks(b) = self {
+            let (out, cols) = b.dims();
+            if x.len() != rows * cols {
+                return Err(Error::InvalidArgument(format!(
+                    "{} values for {rows} rows of a layer {cols} wide",
+                    x.len()
+                )));
+            }
+            let mut y = vec![0f32; rows * out];
+            b.matmul(&x, rows, &mut y);
+            return Ok(y);
+        }
+        let cols = x.len() / rows.max(1);
+        let t = Tensor::from_vec(x, (rows, cols), &Device::Cpu)?;
+        Ok(self
+            .forward(&t)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+}
+
 /// The token embedding table: dense, or quantized with rows dequantized on lookup (so the
 /// table shared with the output projection is stored once, quantized).
 #[derive(Debug, Clone)]
@@ -169,6 +195,11 @@ impl Embeddings {
 struct Rope {
     cos: Tensor,
     sin: Tensor,
+    /// The same tables in f32 on the host, `[positions, head_dim / 2]` row-major, for the
+    /// one-token path.
+    cos_f32: Vec<f32>,
+    sin_f32: Vec<f32>,
+    half: usize,
 }
 
 impl Rope {
@@ -185,10 +216,26 @@ impl Rope {
             .to_dtype(DType::F32)?
             .reshape((positions, 1))?;
         let freqs = t.broadcast_mul(&inv_freq)?;
+        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
         Ok(Self {
-            cos: freqs.cos()?.to_dtype(dtype)?,
-            sin: freqs.sin()?.to_dtype(dtype)?,
+            cos_f32: cos.flatten_all()?.to_vec1()?,
+            sin_f32: sin.flatten_all()?.to_vec1()?,
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+            half,
         })
+    }
+
+    /// The cos and sin angles of position `pos` (host f32), or an error past the context.
+    fn angles(&self, pos: usize) -> Result<(&[f32], &[f32])> {
+        let range = pos * self.half..(pos + 1) * self.half;
+        match (self.cos_f32.get(range.clone()), self.sin_f32.get(range)) {
+            (Some(c), Some(s)) => Ok((c, s)),
+            _ => Err(Error::ContextOverflow {
+                needed: pos + 1,
+                limit: self.cos_f32.len() / self.half.max(1),
+            }),
+        }
     }
 
     /// Rotates `x` of shape `[B, H, S, hd]` for positions `offset..offset + S`.
@@ -206,6 +253,9 @@ struct Attention {
     out: Linear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
+    /// `q_norm` and `k_norm` as host f32, for the one-token path.
+    q_norm_f32: Option<Vec<f32>>,
+    k_norm_f32: Option<Vec<f32>>,
     n_q: usize,
     n_kv: usize,
     head_dim: usize,
@@ -283,11 +333,60 @@ impl Attention {
     }
 }
 
+impl Attention {
+    /// One position of `b` sequences on host vectors: `x` is `b` rows of the model width;
+    /// returns the attention output, the same shape. Same arithmetic as
+    /// [`forward`](Self::forward) with one position, without its two dozen tensor ops.
+    fn decode(&mut self, x: Vec<f32>, b: usize, rope: &Rope, offset: usize) -> Result<Vec<f32>> {
+        let (n_q, n_kv, hd) = (self.n_q, self.n_kv, self.head_dim);
+        let width = (n_q + 2 * n_kv) * hd;
+        let mut qkv = self.qkv.forward_rows(x, b)?;
+        let (cos, sin) = rope.angles(offset)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut q = Vec::with_capacity(b * n_q * hd);
+        let mut k = Vec::with_capacity(b * n_kv * hd);
+        let mut v = Vec::with_capacity(b * n_kv * hd);
+        for row in qkv.chunks_exact_mut(width) {
+            let (qs, rest) = row.split_at_mut(n_q * hd);
+            let (ks, vs) = rest.split_at_mut(n_kv * hd);
+            for head in qs.chunks_exact_mut(hd) {
+                if let Some(w) = &self.q_norm_f32 {
+                    crate::decode::rms_norm_in_place(head, w, self.eps);
+                }
+                crate::decode::rotate(head, cos, sin);
+                head.iter_mut().for_each(|x| *x *= scale);
+            }
+            for head in ks.chunks_exact_mut(hd) {
+                if let Some(w) = &self.k_norm_f32 {
+                    crate::decode::rms_norm_in_place(head, w, self.eps);
+                }
+                crate::decode::rotate(head, cos, sin);
+            }
+            q.extend_from_slice(qs);
+            k.extend_from_slice(ks);
+            v.extend_from_slice(vs);
+        }
+        let cpu = Device::Cpu;
+        let q = Tensor::from_vec(q, (b, n_kv, n_q / n_kv, hd), &cpu)?;
+        let k = Tensor::from_vec(k, (b, n_kv, 1, hd), &cpu)?;
+        let v = Tensor::from_vec(v, (b, n_kv, 1, hd), &cpu)?;
+        let (k, v) = self.cache.append(&k, &v)?;
+        let y = q
+            .apply_op3_no_bwd(&k, &v, &crate::attention::DecodeAttention)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        self.out.forward_rows(y, b)
+    }
+}
+
 #[derive(Debug)]
 struct Layer {
     attn_norm: Tensor,
     attn: Attention,
     ffn_norm: Tensor,
+    /// `attn_norm` and `ffn_norm` as host f32, for the one-token path.
+    attn_norm_f32: Vec<f32>,
+    ffn_norm_f32: Vec<f32>,
     proj_1: Linear,
     proj_2: Linear,
     eps: f32,
@@ -306,6 +405,18 @@ impl Layer {
         let x = candle_nn::ops::rms_norm(&h, &self.ffn_norm, self.eps)?;
         let x = candle_nn::ops::swiglu(&self.proj_1.forward(&x)?)?;
         Ok((h + self.proj_2.forward(&x)?)?)
+    }
+
+    /// One position of `b` sequences on host vectors, `h` (`b` rows of the model width)
+    /// updated in place: [`forward`](Self::forward)'s arithmetic for the decode step.
+    fn decode(&mut self, h: &mut [f32], b: usize, rope: &Rope, offset: usize) -> Result<()> {
+        use crate::decode::{add, rms_norm, swiglu};
+        let x = rms_norm(h, &self.attn_norm_f32, self.eps);
+        add(h, &self.attn.decode(x, b, rope, offset)?);
+        let x = rms_norm(h, &self.ffn_norm_f32, self.eps);
+        let u = self.proj_1.forward_rows(x, b)?;
+        add(h, &self.proj_2.forward_rows(swiglu(&u, b), b)?);
+        Ok(())
     }
 }
 
@@ -451,8 +562,12 @@ impl Model {
             } else {
                 (None, None)
             };
+            let attn_norm = vector(source, &format!("{p}.attn_norm.weight"))?;
+            let ffn_norm = vector(source, &format!("{p}.ffn_norm.weight"))?;
             layers.push(Layer {
-                attn_norm: vector(source, &format!("{p}.attn_norm.weight"))?,
+                attn_norm_f32: host(&attn_norm)?,
+                ffn_norm_f32: host(&ffn_norm)?,
+                attn_norm,
                 attn: Attention {
                     qkv: Linear::from_weight(matrix(
                         source,
@@ -462,6 +577,8 @@ impl Model {
                         source,
                         &format!("{p}.attn.out_proj.weight"),
                     )?)?,
+                    q_norm_f32: q_norm.as_ref().map(host).transpose()?,
+                    k_norm_f32: k_norm.as_ref().map(host).transpose()?,
                     q_norm,
                     k_norm,
                     n_q: config.num_query_heads[i],
@@ -470,7 +587,7 @@ impl Model {
                     eps,
                     cache: KvCache::new(2, KV_CACHE_STEP),
                 },
-                ffn_norm: vector(source, &format!("{p}.ffn_norm.weight"))?,
+                ffn_norm,
                 proj_1: Linear::from_weight(matrix(source, &format!("{p}.ffn.proj_1.weight"))?)?,
                 proj_2: Linear::from_weight(matrix(source, &format!("{p}.ffn.proj_2.weight"))?)?,
                 eps,
@@ -642,7 +759,21 @@ impl Model {
         } else {
             None
         };
+        // One position in f32 on the CPU: the host-vector path, no tensor ops between the
+        // matrix products.
+        let on_host = s == 1 && self.dtype == DType::F32 && self.device.is_cpu();
         let result = (|| -> Result<Tensor> {
+            if on_host {
+                let mut hv = h.flatten_all()?.to_vec1::<f32>()?;
+                for layer in &mut self.layers {
+                    layer.decode(&mut hv, b, &self.rope, offset)?;
+                }
+                return Ok(Tensor::from_vec(
+                    hv,
+                    (b, 1, self.config.model_dim),
+                    &self.device,
+                )?);
+            }
             for layer in &mut self.layers {
                 h = layer.forward(&h, &self.rope, offset, mask.as_ref())?;
             }
@@ -678,6 +809,11 @@ fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     } else {
         rayon::scope(|_| f())
     }
+}
+
+/// A vector's values as host f32.
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 fn check_dtype(dtype: DType) -> Result<()> {

@@ -21,6 +21,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::simd::avx2;
 
 /// Values per block, for both formats.
 const BLOCK: usize = 32;
@@ -240,25 +241,21 @@ impl Activations {
         let mut q = vec![0i8; m * cols];
         let mut scales = vec![0f32; m * cols / BLOCK];
         let mut sums = vec![0f32; m * cols / BLOCK];
+        let avx2 = avx2();
         for (((xb, qb), s), sum) in x[..m * cols]
             .chunks_exact(BLOCK)
             .zip(q.chunks_exact_mut(BLOCK))
             .zip(scales.iter_mut())
             .zip(sums.iter_mut())
         {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut total = 0i32;
-            for (o, v) in qb.iter_mut().zip(xb) {
-                // Round half away from zero as `f32::round` does, without its libm call
-                // (baseline x86-64 has no rounding instruction): |v * inv| <= 127.
-                let r = v * inv;
-                *o = (r + 0.5f32.copysign(r)) as i8;
-                total += i32::from(*o);
+            if let (Ok(xb), Ok(qb)) = (
+                <&[f32; BLOCK]>::try_from(xb),
+                <&mut [i8; BLOCK]>::try_from(qb),
+            ) {
+                let (d, total) = quantize_block(avx2, xb, qb);
+                *s = d;
+                *sum = d * total as f32;
             }
-            *s = d;
-            *sum = d * total as f32;
         }
         Self {
             q,
@@ -267,6 +264,31 @@ impl Activations {
             cols,
         }
     }
+}
+
+/// One block of 32 activations to 8 bits with scale `max |x| / 127`; returns the scale and
+/// the sum of the quantized values. The AVX2 version gives the same bits.
+#[inline(always)]
+fn quantize_block(avx2: bool, xb: &[f32; BLOCK], qb: &mut [i8; BLOCK]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: compiled for AVX2, which `avx2()` found on this CPU.
+        #[allow(unsafe_code)]
+        return unsafe { x86::quantize_block(xb, qb) };
+    }
+    let _ = avx2;
+    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut total = 0i32;
+    for (o, v) in qb.iter_mut().zip(xb) {
+        // Round half away from zero as `f32::round` does, without its libm call (baseline
+        // x86-64 has no rounding instruction): |v * inv| <= 127.
+        let r = v * inv;
+        *o = (r + 0.5f32.copysign(r)) as i8;
+        total += i32::from(*o);
+    }
+    (d, total)
 }
 
 /// f16 bits to f32 without branches (normal and subnormal values exact; the exponent of
@@ -312,20 +334,6 @@ fn dot_q4(w: &[u8], ws: &[u16], x: &[i8], xs: &[f32]) -> f32 {
         }
     }
     acc.iter().sum()
-}
-
-/// Whether the AVX2 kernels can run on this CPU (checked once).
-fn avx2() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            has!("avx2") && has!("fma") && has!("f16c")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    })
 }
 
 /// One weight row against one activation row.
@@ -429,6 +437,58 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::BLOCK;
+
+    /// One block of 32 activations to 8 bits, exactly as the portable loop in
+    /// `Activations::quantize` does it (same scale, same multiply, rounding half away from
+    /// zero by adding a signed 0.5 and truncating): returns the scale and the sum of the
+    /// quantized values.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn quantize_block(x: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, i32) {
+        // SAFETY: 32-byte loads from checked 8-float arrays, one 32-byte store to the
+        // 32-byte output array; register arithmetic otherwise.
+        unsafe {
+            let v: [__m256; 4] =
+                std::array::from_fn(|i| match <&[f32; 8]>::try_from(&x[8 * i..8 * i + 8]) {
+                    Ok(c) => _mm256_loadu_ps(c.as_ptr()),
+                    Err(_) => _mm256_setzero_ps(),
+                });
+            let sign = _mm256_set1_ps(-0.0);
+            let abs = |a: __m256| _mm256_andnot_ps(sign, a);
+            let m = _mm256_max_ps(
+                _mm256_max_ps(abs(v[0]), abs(v[1])),
+                _mm256_max_ps(abs(v[2]), abs(v[3])),
+            );
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+            let amax = _mm_cvtss_f32(m);
+            let d = amax / 127.0;
+            let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let half = _mm256_set1_ps(0.5);
+            let i: [__m256i; 4] = std::array::from_fn(|k| {
+                let r = _mm256_mul_ps(v[k], inv);
+                let h = _mm256_or_ps(half, _mm256_and_ps(sign, r));
+                _mm256_cvttps_epi32(_mm256_add_ps(r, h))
+            });
+            let total =
+                _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+            let t = _mm_add_epi32(
+                _mm256_castsi256_si128(total),
+                _mm256_extracti128_si256(total, 1),
+            );
+            let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b01_00_11_10));
+            let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b10_11_00_01));
+            let packed = _mm256_packs_epi16(
+                _mm256_packs_epi32(i[0], i[1]),
+                _mm256_packs_epi32(i[2], i[3]),
+            );
+            // The packs interleave 128-bit lanes; put the 4-byte groups back in order.
+            let ordered =
+                _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(q.as_mut_ptr().cast(), ordered);
+            (d, _mm_cvtsi128_si32(t))
+        }
+    }
 
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -926,6 +986,33 @@ mod tests {
             "{dtype:?} m={m}: off by {diff} at scale {scale}"
         );
         Ok(())
+    }
+
+    #[test]
+    fn activation_quantization_is_the_same_with_and_without_avx2() {
+        if !avx2() {
+            return;
+        }
+        let mut blocks: Vec<[f32; BLOCK]> = (0..200u64)
+            .map(|seed| {
+                let v = uniform(BLOCK, 1.0 + seed as f32, seed);
+                std::array::from_fn(|i| v[i])
+            })
+            .collect();
+        // Zeros, exact ties at half steps, and extremes of sign.
+        blocks.push([0.0; BLOCK]);
+        blocks.push(std::array::from_fn(|i| {
+            (i as f32 - 16.0) * 127.0 / 16.0 + 0.5
+        }));
+        blocks.push(std::array::from_fn(|i| if i % 2 == 0 { -3.0 } else { 1.5 }));
+        for (n, xb) in blocks.iter().enumerate() {
+            let (mut a, mut b) = ([0i8; BLOCK], [0i8; BLOCK]);
+            let fast = quantize_block(true, xb, &mut a);
+            let plain = quantize_block(false, xb, &mut b);
+            assert_eq!(a, b, "block {n}");
+            assert_eq!(fast.0.to_bits(), plain.0.to_bits(), "block {n} scale");
+            assert_eq!(fast.1, plain.1, "block {n} sum");
+        }
     }
 
     #[test]
