@@ -5,10 +5,13 @@
 //! ```sh
 //! cargo run -p elmroute-openelm --release --example bench -- --size 270M --dtype f32 --prompt 128 --gen 64
 //! cargo run -p elmroute-openelm --release --example bench -- --size 270M --quant q8_0
-//! cargo run -p elmroute-openelm --release --example bench -- --gguf /tmp/openelm270m-q4_0.gguf
+//! cargo run -p elmroute-openelm --release --example bench -- --gguf /tmp/openelm270m-q4_0.gguf --bandwidth-mib 512
 //! ```
 
 use std::time::Instant;
+
+#[path = "common/bandwidth.rs"]
+mod bandwidth;
 
 use anyhow::Result;
 use clap::Parser;
@@ -46,6 +49,11 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// After the timed runs (and after reading peak memory), measure this machine's memory
+    /// read bandwidth with the same number of threads on a buffer of this many MiB, and
+    /// report the generated tokens' weight traffic as a fraction of it. 0: off.
+    #[arg(long, default_value_t = 0)]
+    bandwidth_mib: usize,
 }
 
 /// Peak resident memory of this process in MiB (VmHWM), when the OS reports it.
@@ -145,6 +153,13 @@ fn main() -> Result<()> {
     }
     let (prompt_tps, gen_tps) = best;
     let peak = peak_mib();
+    let gen_gbps = model.weight_bytes() as f64 * gen_tps / 1e9;
+    let read_gbps = if args.bandwidth_mib > 0 {
+        let pool = rayon::ThreadPoolBuilder::new().build()?;
+        Some(bandwidth::read_gb_per_s(&pool, args.bandwidth_mib, 5).0)
+    } else {
+        None
+    };
     let weight_bytes = model.weight_bytes();
     let types = model.weight_types();
     if args.json {
@@ -153,7 +168,8 @@ fn main() -> Result<()> {
             "params": config.num_parameters(), "weight_bytes": weight_bytes,
             "prompt_tokens": args.prompt, "gen_tokens": args.gen_tokens,
             "prompt_tokens_per_s": prompt_tps, "gen_tokens_per_s": gen_tps,
-            "gen_weight_gb_per_s": weight_bytes as f64 * gen_tps / 1e9,
+            "gen_weight_gb_per_s": gen_gbps,
+            "read_gb_per_s": read_gbps, "bound_fraction": read_gbps.map(|r| gen_gbps / r),
             "peak_rss_mib": peak, "build_s": build_s,
         });
         println!("{out}");
@@ -170,12 +186,18 @@ fn main() -> Result<()> {
         );
         println!(
             "generated: {} tokens = {gen_tps:.2} tokens/s ({:.1} GB/s of weights)",
-            args.gen_tokens,
-            weight_bytes as f64 * gen_tps / 1e9
+            args.gen_tokens, gen_gbps
         );
         match peak {
             Some(mib) => println!("peak memory: {mib:.0} MiB (VmHWM)"),
             None => println!("peak memory: unknown (no /proc/self/status)"),
+        }
+        if let Some(read) = read_gbps {
+            println!(
+                "memory read bandwidth: {read:.1} GB/s ({} threads, best of 5, after the runs); generation reads weights at {:.0}% of it",
+                rayon::current_num_threads(),
+                100.0 * gen_gbps / read
+            );
         }
     }
     Ok(())
