@@ -838,11 +838,25 @@ mod x86 {
             // lane permute per block.
             let mut off8 = _mm256_setzero_ps();
             let groups = pairs / 4;
-            for g in 0..groups {
-                let (Ok(d8), Ok(x8), Ok(t8)) = (
-                    <&[u16; 8]>::try_from(&ws[8 * g..8 * g + 8]),
-                    <&[f32; 8]>::try_from(&xs[8 * g..8 * g + 8]),
-                    <&[f32; 8]>::try_from(&xsum[8 * g..8 * g + 8]),
+            // Whole groups as fixed-size arrays, so that every access inside is checked at
+            // compile time: 4 pairs of weights (128 bytes), 8 activation blocks (256 bytes),
+            // 8 scales of each kind.
+            let chunks = w
+                .chunks_exact(4 * BLOCK)
+                .zip(x.chunks_exact(8 * BLOCK))
+                .zip(
+                    ws.chunks_exact(8)
+                        .zip(xs.chunks_exact(8))
+                        .zip(xsum.chunks_exact(8)),
+                )
+                .take(groups);
+            for ((wg, xg), ((d8, x8), t8)) in chunks {
+                let (Ok(wg), Ok(xg), Ok(d8), Ok(x8), Ok(t8)) = (
+                    <&[u8; 4 * BLOCK]>::try_from(wg),
+                    <&[i8; 8 * BLOCK]>::try_from(xg),
+                    <&[u16; 8]>::try_from(d8),
+                    <&[f32; 8]>::try_from(x8),
+                    <&[f32; 8]>::try_from(t8),
                 ) else {
                     continue;
                 };
@@ -850,11 +864,10 @@ mod x86 {
                 let s8 = _mm256_mul_ps(dw, _mm256_loadu_ps(x8.as_ptr()));
                 off8 = _mm256_fmadd_ps(dw, _mm256_loadu_ps(t8.as_ptr()), off8);
                 for (k, a) in acc.iter_mut().enumerate() {
-                    let q = 4 * g + k;
                     let (Ok(wp), Ok(xa), Ok(xb)) = (
-                        <&[u8; BLOCK]>::try_from(&w[q * BLOCK..(q + 1) * BLOCK]),
-                        <&[i8; BLOCK]>::try_from(&x[2 * q * BLOCK..(2 * q + 1) * BLOCK]),
-                        <&[i8; BLOCK]>::try_from(&x[(2 * q + 1) * BLOCK..(2 * q + 2) * BLOCK]),
+                        <&[u8; BLOCK]>::try_from(&wg[k * BLOCK..(k + 1) * BLOCK]),
+                        <&[i8; BLOCK]>::try_from(&xg[2 * k * BLOCK..(2 * k + 1) * BLOCK]),
+                        <&[i8; BLOCK]>::try_from(&xg[(2 * k + 1) * BLOCK..(2 * k + 2) * BLOCK]),
                     ) else {
                         continue;
                     };
