@@ -199,13 +199,35 @@ impl BlockMatrix {
             yt.par_chunks_mut(chunk * m)
                 .enumerate()
                 .for_each(|(c, ys)| rows(self, &act, c * chunk, ys, m));
-            for (r, col) in yt.chunks_exact(m).enumerate() {
-                for (i, v) in col.iter().enumerate() {
-                    y[i * self.rows + r] = *v;
-                }
-            }
+            transpose_into(&yt, self.rows, m, y);
         }
     }
+}
+
+/// `y [m, rows] = yt [rows, m]` transposed, in 16 x 16 tiles (16 cache lines read and 16
+/// written per tile, instead of a line and a page per value) and across threads by bands of
+/// 16 rows of `y`.
+fn transpose_into(yt: &[f32], rows: usize, m: usize, y: &mut [f32]) {
+    const T: usize = 16;
+    if rows == 0 || m == 0 {
+        return;
+    }
+    y[..m * rows]
+        .par_chunks_mut(T * rows)
+        .enumerate()
+        .for_each(|(band, out)| {
+            let i0 = band * T;
+            let height = out.len() / rows;
+            for r0 in (0..rows).step_by(T) {
+                let width = T.min(rows - r0);
+                for ii in 0..height {
+                    let dst = &mut out[ii * rows + r0..ii * rows + r0 + width];
+                    for (k, d) in dst.iter_mut().enumerate() {
+                        *d = yt[(r0 + k) * m + i0 + ii];
+                    }
+                }
+            }
+        });
 }
 
 /// Value `e` (0..16, offset by 8) of block `b` of a Q4 row of `nb` blocks in the pair layout
@@ -663,11 +685,24 @@ mod x86 {
             let groups = nb / 8;
             let mut off8 = [_mm256_setzero_ps(); 4];
             for g in 0..groups {
-                let Ok(d8) = <&[u16; 8]>::try_from(&ws[8 * g..8 * g + 8]) else {
+                // The group's weights (four pairs), scales and activation blocks as fixed-size
+                // arrays: every access below is checked at compile time.
+                let (Ok(d8), Ok(wg), Ok(x0), Ok(x1), Ok(x2), Ok(x3)) = (
+                    <&[u16; 8]>::try_from(&ws[8 * g..8 * g + 8]),
+                    <&[u8; 4 * BLOCK]>::try_from(&w[4 * BLOCK * g..4 * BLOCK * (g + 1)]),
+                    <&[i8; 8 * BLOCK]>::try_from(&x[0][8 * BLOCK * g..8 * BLOCK * (g + 1)]),
+                    <&[i8; 8 * BLOCK]>::try_from(&x[1][8 * BLOCK * g..8 * BLOCK * (g + 1)]),
+                    <&[i8; 8 * BLOCK]>::try_from(&x[2][8 * BLOCK * g..8 * BLOCK * (g + 1)]),
+                    <&[i8; 8 * BLOCK]>::try_from(&x[3][8 * BLOCK * g..8 * BLOCK * (g + 1)]),
+                ) else {
                     continue;
                 };
+                let xg = [x0, x1, x2, x3];
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
-                let mut s8 = [_mm256_setzero_ps(); 4];
+                // The combined scales go through memory: broadcasting one from there is a
+                // load, where taking it from a register costs shuffles on the vector ALUs,
+                // this kernel's bottleneck.
+                let mut s8 = [[0f32; 8]; 4];
                 for k in 0..4 {
                     let (Ok(x8), Ok(t8)) = (
                         <&[f32; 8]>::try_from(&xs[k][8 * g..8 * g + 8]),
@@ -675,12 +710,14 @@ mod x86 {
                     ) else {
                         continue;
                     };
-                    s8[k] = _mm256_mul_ps(dw, _mm256_loadu_ps(x8.as_ptr()));
+                    _mm256_storeu_ps(
+                        s8[k].as_mut_ptr(),
+                        _mm256_mul_ps(dw, _mm256_loadu_ps(x8.as_ptr())),
+                    );
                     off8[k] = _mm256_fmadd_ps(dw, _mm256_loadu_ps(t8.as_ptr()), off8[k]);
                 }
                 for j in 0..4 {
-                    let q = 4 * g + j;
-                    let Ok(wp) = <&[u8; BLOCK]>::try_from(&w[q * BLOCK..(q + 1) * BLOCK]) else {
+                    let Ok(wp) = <&[u8; BLOCK]>::try_from(&wg[j * BLOCK..(j + 1) * BLOCK]) else {
                         continue;
                     };
                     let raw = _mm256_loadu_si256(wp.as_ptr().cast());
@@ -689,16 +726,15 @@ mod x86 {
                         _mm256_and_si256(_mm256_srli_epi16(raw, 4), low),
                     ];
                     for (h, nib) in halves.into_iter().enumerate() {
-                        let b = 2 * q + h;
-                        let lane = _mm256_set1_epi32((2 * j + h) as i32);
+                        let b = 2 * j + h;
                         for k in 0..4 {
                             let Ok(xb) =
-                                <&[i8; BLOCK]>::try_from(&x[k][b * BLOCK..(b + 1) * BLOCK])
+                                <&[i8; BLOCK]>::try_from(&xg[k][b * BLOCK..(b + 1) * BLOCK])
                             else {
                                 continue;
                             };
                             let p = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, load32(xb)), ones);
-                            let sk = _mm256_permutevar8x32_ps(s8[k], lane);
+                            let sk = _mm256_broadcast_ss(&s8[k][b]);
                             acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sk, acc[k]);
                         }
                     }
@@ -999,6 +1035,24 @@ mod tests {
             "{dtype:?} m={m}: off by {diff} at scale {scale}"
         );
         Ok(())
+    }
+
+    #[test]
+    fn tiled_transpose_moves_every_value() {
+        for (rows, m) in [(1, 1), (16, 16), (37, 5), (5, 37), (70, 33)] {
+            let yt: Vec<f32> = (0..rows * m).map(|v| v as f32).collect();
+            let mut y = vec![-1f32; rows * m];
+            transpose_into(&yt, rows, m, &mut y);
+            for r in 0..rows {
+                for i in 0..m {
+                    assert_eq!(
+                        y[i * rows + r],
+                        yt[r * m + i],
+                        "rows {rows} m {m} at ({r}, {i})"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
