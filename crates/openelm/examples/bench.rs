@@ -156,7 +156,7 @@ fn main() -> Result<()> {
     let gen_gbps = model.weight_bytes() as f64 * gen_tps / 1e9;
     let read_gbps = if args.bandwidth_mib > 0 {
         let pool = rayon::ThreadPoolBuilder::new().build()?;
-        Some(bandwidth::read_gb_per_s(&pool, args.bandwidth_mib, 5).0)
+        Some(bandwidth::read_gb_per_s(&pool, args.bandwidth_mib, 5))
     } else {
         None
     };
