@@ -74,13 +74,8 @@ pub(crate) fn add(h: &mut [f32], d: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simd::tests::values;
     use candle_core::{Device, Tensor};
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
-            .collect()
-    }
 
     fn close(a: &[f32], b: &[f32], tol: f32) {
         assert_eq!(a.len(), b.len());

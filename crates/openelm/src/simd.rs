@@ -165,8 +165,9 @@ pub(crate) fn attend(
 }
 
 /// `x[i] = exp(x[i])` for every element. On AVX2 CPUs eight at a time with a degree-7
-/// polynomial after range reduction (relative error under 2e-7, against about 1e-7 for the
-/// C library's `expf`); inputs below -103.9 give 0, above 88.7 give infinity, as `expf`.
+/// polynomial after range reduction: within 1.2e-7 relative of the C library's `expf` over
+/// [-100, 88.7] (the test allows 4e-7); inputs below -103.9 give 0, above 88.7 give
+/// infinity, as `expf` does.
 pub(crate) fn exp_in_place(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2() {
@@ -448,10 +449,11 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-0.5, 0.5), a different sequence per seed.
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
             .collect()
@@ -496,6 +498,7 @@ mod tests {
         let want: Vec<f32> = x.iter().map(|v| v.exp()).collect();
         let mut got = x.clone();
         exp_in_place(&mut got);
+        let mut worst = 0f32;
         for ((g, w), v) in got.iter().zip(&want).zip(&x) {
             if *w == 0.0 || w.is_infinite() || *w < f32::MIN_POSITIVE {
                 assert!(
@@ -503,9 +506,12 @@ mod tests {
                     "exp({v}) = {g}, want {w}"
                 );
             } else {
-                assert!(((g - w) / w).abs() < 4e-7, "exp({v}) = {g}, want {w}");
+                let rel = ((g - w) / w).abs();
+                worst = worst.max(rel);
+                assert!(rel < 4e-7, "exp({v}) = {g}, want {w}");
             }
         }
+        eprintln!("exp: worst relative difference from the C library {worst:e}");
         let mut nan = [f32::NAN; 3];
         exp_in_place(&mut nan);
         assert!(nan.iter().all(|v| v.is_nan()));
