@@ -517,6 +517,120 @@ pub(crate) mod tests {
         assert!(nan.iter().all(|v| v.is_nan()));
     }
 
+    /// Softmax attention of each query row over `n` rows of `k` and `v`, in f64.
+    fn naive_attention(q: &[f32], k: &[f32], v: &[f32], n: usize, hd: usize) -> Vec<f32> {
+        let mut out = Vec::new();
+        for qr in q.chunks_exact(hd) {
+            let s: Vec<f64> = (0..n)
+                .map(|j| {
+                    qr.iter()
+                        .zip(&k[j * hd..(j + 1) * hd])
+                        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                        .sum()
+                })
+                .collect();
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+            let total: f64 = e.iter().sum();
+            for c in 0..hd {
+                let o: f64 = (0..n)
+                    .map(|j| e[j] / total * f64::from(v[j * hd + c]))
+                    .sum();
+                out.push(o as f32);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_a_plain_softmax_for_every_kernel() {
+        // 64 and 128 take the AVX2 kernels where the CPU has them, 24 the portable loops;
+        // position counts below, at and past a multiple of eight, and a cache with spare
+        // capacity after the live rows.
+        for hd in [24, 64, 128] {
+            for n in [1, 7, 8, 9, 40, 131] {
+                for rows in [1, 4, 5] {
+                    let q: Vec<f32> = values(rows * hd, 7).iter().map(|x| x * 4.0).collect();
+                    let k = values((n + 3) * hd, 8);
+                    let v = values((n + 3) * hd, 9);
+                    let want = naive_attention(&q, &k, &v, n, hd);
+                    let (kr, vr) = (
+                        Rows {
+                            data: &k,
+                            start: 0,
+                            stride: hd,
+                            width: hd,
+                        },
+                        Rows {
+                            data: &v,
+                            start: 0,
+                            stride: hd,
+                            width: hd,
+                        },
+                    );
+                    let mut out = vec![f32::NAN; rows * hd];
+                    attend(&q, kr, vr, n, &mut Vec::new(), &mut out);
+                    for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() < 1e-5,
+                            "hd {hd} n {n} rows {rows} at {i}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strided_cache_rows_take_the_portable_path_with_the_same_result() {
+        let (hd, n) = (64, 19);
+        let q = values(2 * hd, 3);
+        let k = values(n * hd, 4);
+        let v = values(n * hd, 5);
+        // The same rows laid out with a gap of 16 values after each.
+        let spread = |m: &[f32]| -> Vec<f32> {
+            m.chunks_exact(hd)
+                .flat_map(|r| r.iter().copied().chain([0.0; 16]))
+                .collect()
+        };
+        let (ks, vs) = (spread(&k), spread(&v));
+        let rows = |data, stride| Rows {
+            data,
+            start: 0,
+            stride,
+            width: hd,
+        };
+        let mut dense = vec![0f32; 2 * hd];
+        let mut strided = vec![0f32; 2 * hd];
+        attend(
+            &q,
+            rows(&k, hd),
+            rows(&v, hd),
+            n,
+            &mut Vec::new(),
+            &mut dense,
+        );
+        let (kr, vr) = (rows(&ks, hd + 16), rows(&vs, hd + 16));
+        attend(&q, kr, vr, n, &mut Vec::new(), &mut strided);
+        for (a, b) in dense.iter().zip(&strided) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn portable_dot_and_axpy_match_the_dispatched_ones() {
+        for n in [0, 5, 8, 13, 64, 100] {
+            let (a, b) = (values(n, 11), values(n, 12));
+            assert!((dot_portable(&a, &b) - dot(&a, &b)).abs() < 1e-5, "n={n}");
+            let (mut y1, mut y2) = (values(n, 13), values(n, 13));
+            axpy_portable(&mut y1, -1.5, &a);
+            axpy(&mut y2, -1.5, &a);
+            for (p, q) in y1.iter().zip(&y2) {
+                assert!((p - q).abs() < 1e-6, "n={n}: {p} vs {q}");
+            }
+        }
+    }
+
     #[test]
     fn unequal_lengths_use_the_shorter() {
         let (a, b) = (values(20, 1), values(12, 2));
