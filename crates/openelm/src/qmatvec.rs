@@ -23,6 +23,26 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::simd::avx2;
 
+/// Whether the CPU has AVX-512 F, BW and VNNI as well (checked once), for the Q4_0 kernels.
+/// `ELMROUTE_NO_AVX512` set in the environment turns them off (to compare, or on a CPU
+/// that slows down on 512-bit work).
+fn avx512() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            std::env::var_os("ELMROUTE_NO_AVX512").is_none()
+                && avx2()
+                && has!("avx512f")
+                && has!("avx512bw")
+                && has!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 /// Values per block, for both formats.
 const BLOCK: usize = 32;
 
@@ -252,6 +272,11 @@ fn chunk_rows(rows: usize) -> usize {
 /// Activation rows quantized to 8 bits per 32-value block, with an f32 scale per block.
 struct Activations {
     q: Vec<i8>,
+    /// With AVX-512 only (else empty): `q` with each run of four blocks reordered 0, 2, 1, 3,
+    /// so that one 64-byte load gives the two blocks that a 64-byte run of Q4_0 pairs
+    /// multiplies by its low nibbles, and the next load those of its high nibbles. Blocks
+    /// after the last whole run stay in place.
+    q_paired: Vec<i8>,
     scales: Vec<f32>,
     /// Per block, the scale times the sum of its quantized values (Q4_0's offset term).
     sums: Vec<f32>,
@@ -279,13 +304,40 @@ impl Activations {
                 *sum = d * total as f32;
             }
         }
+        let q_paired = if avx512() {
+            paired(&q, cols)
+        } else {
+            Vec::new()
+        };
         Self {
             q,
+            q_paired,
             scales,
             sums,
             cols,
         }
     }
+}
+
+/// Rows of `cols` quantized activations with each run of four blocks reordered 0, 2, 1, 3
+/// (see [`Activations::q_paired`]).
+fn paired(q: &[i8], cols: usize) -> Vec<i8> {
+    let mut out = q.to_vec();
+    if cols == 0 {
+        return out;
+    }
+    for (src, dst) in q.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        for (s4, d4) in src
+            .chunks_exact(4 * BLOCK)
+            .zip(dst.chunks_exact_mut(4 * BLOCK))
+        {
+            for (to, from) in [0, 2, 1, 3].into_iter().enumerate() {
+                d4[to * BLOCK..(to + 1) * BLOCK]
+                    .copy_from_slice(&s4[from * BLOCK..(from + 1) * BLOCK]);
+            }
+        }
+    }
+    out
 }
 
 /// One block of 32 activations to 8 bits with scale `max |x| / 127`; returns the scale and
@@ -360,7 +412,14 @@ fn dot_q4(w: &[u8], ws: &[u16], x: &[i8], xs: &[f32]) -> f32 {
 
 /// One weight row against one activation row.
 #[inline(always)]
-fn dot(avx2: bool, w: &BlockMatrix, r: usize, x: &[i8], xs: &[f32], xsum: &[f32]) -> f32 {
+fn dot(
+    avx2: bool,
+    w: &BlockMatrix,
+    r: usize,
+    (x, xp): (&[i8], &[i8]),
+    xs: &[f32],
+    xsum: &[f32],
+) -> f32 {
     let cols = w.cols;
     let nb = cols / BLOCK;
     let ws = &w.scales[r * nb..(r + 1) * nb];
@@ -383,9 +442,15 @@ fn dot(avx2: bool, w: &BlockMatrix, r: usize, x: &[i8], xs: &[f32], xsum: &[f32]
             if avx2 {
                 // SAFETY: as for Q8_0.
                 #[allow(unsafe_code)]
-                return unsafe { x86::dot_q4(q, ws, x, xs, xsum) };
+                return unsafe {
+                    if avx512() && xp.len() == x.len() {
+                        x86::dot_q4_512(q, ws, xp, x, xs, xsum)
+                    } else {
+                        x86::dot_q4(q, ws, x, xs, xsum)
+                    }
+                };
             }
-            let _ = xsum;
+            let _ = (xsum, xp);
             dot_q4(q, ws, x, xs)
         }
     }
@@ -415,9 +480,13 @@ fn rows(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], m: usi
         let r = first + i;
         for (j, o) in out.iter_mut().enumerate().skip(done) {
             let x = &act.q[j * act.cols..(j + 1) * act.cols];
+            let xp = act
+                .q_paired
+                .get(j * act.cols..(j + 1) * act.cols)
+                .unwrap_or(&[]);
             let xs = &act.scales[j * nb..(j + 1) * nb];
             let xsum = &act.sums[j * nb..(j + 1) * nb];
-            *o = dot(avx2, w, r, x, xs, xsum);
+            *o = dot(avx2, w, r, (x, xp), xs, xsum);
         }
     }
 }
@@ -441,18 +510,30 @@ fn four_rows(w: &BlockMatrix, act: &Activations, r: usize, g: usize, out: &mut [
         // SAFETY: as above.
         #[allow(unsafe_code)]
         Quants::Q4(q) => unsafe {
-            x86::dot4_q4(&q[r * cols / 2..(r + 1) * cols / 2], ws, x, xs, xsum)
+            let wr = &q[r * cols / 2..(r + 1) * cols / 2];
+            let xp: [&[i8]; 4] = std::array::from_fn(|k| {
+                act.q_paired
+                    .get((4 * g + k) * cols..(4 * g + k + 1) * cols)
+                    .unwrap_or(&[])
+            });
+            if avx512() && xp.iter().all(|r| r.len() == cols) {
+                x86::dot4_q4_512(wr, ws, xp, x, xs, xsum)
+            } else {
+                x86::dot4_q4(wr, ws, x, xs, xsum)
+            }
         },
     };
     out.copy_from_slice(&y);
 }
 
 /// The x86 kernels: explicit AVX2, since the crate is compiled for baseline x86-64 and LLVM
-/// does not find `vpmaddubsw` on its own. Every function is compiled with AVX2, FMA and F16C
-/// and may only be called after [`avx2`] has found them; inside, the only memory accesses are
-/// unaligned loads of exactly 16 or 32 bytes from arrays of that length. (The `unsafe` blocks
-/// around intrinsics are needed on the crate's oldest supported compiler and redundant on
-/// newer ones, hence `unused_unsafe`.)
+/// does not find `vpmaddubsw` on its own, and for Q4_0 also AVX-512 (F, BW, VNNI): 64-byte
+/// vectors and `vpdpbusd`, which does `vpmaddubsw` + `vpmaddwd` in one instruction. Every
+/// function is compiled with the features its attribute names and may only be called after
+/// [`avx2`] (and for the `_512` ones [`avx512`]) has found them; inside, the memory accesses
+/// are unaligned loads of exactly 16, 32 or 64 bytes from arrays of that length, and
+/// prefetch hints. (The `unsafe` blocks around intrinsics are needed on older compilers and
+/// redundant on newer ones, hence `unused_unsafe`.)
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code, unused_unsafe)]
 mod x86 {
@@ -883,6 +964,214 @@ mod x86 {
         }
     }
 
+    /// [`dot_q4`] with 512-bit vectors and `vpdpbusd` (AVX-512 F, BW and VNNI) for whole
+    /// groups of eight blocks, reading the activations from `xp` (the row in the order of
+    /// `Activations::q_paired`); the rest of the row goes to [`dot_q4`] on `x`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q4_512(
+        w: &[u8],
+        ws: &[u16],
+        xp: &[i8],
+        x: &[i8],
+        xs: &[f32],
+        xsum: &[f32],
+    ) -> f32 {
+        // SAFETY: loads of 64, 32 and 16 bytes from checked arrays of that size; register
+        // arithmetic otherwise; the caller checked the features.
+        unsafe {
+            let groups = ws.len() / 8;
+            let mut acc = [_mm512_setzero_ps(); 2];
+            let mut off8 = _mm256_setzero_ps();
+            let low = _mm512_set1_epi8(0x0F);
+            let zero = _mm512_setzero_si512();
+            // Lanes 0-7 take the scale of the run's first low-nibble block, 8-15 of its
+            // second; `+ 1` gives the high-nibble blocks', `+ 4` the next run's.
+            let ia0 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+            let one = _mm512_set1_epi32(1);
+            let four = _mm512_set1_epi32(4);
+            let chunks = w
+                .chunks_exact(4 * BLOCK)
+                .zip(xp.chunks_exact(8 * BLOCK))
+                .zip(
+                    ws.chunks_exact(8)
+                        .zip(xs.chunks_exact(8))
+                        .zip(xsum.chunks_exact(8)),
+                )
+                .take(groups);
+            for ((wg, xg), ((d8, x8), t8)) in chunks {
+                let (Ok(wg), Ok(xg), Ok(d8), Ok(x8), Ok(t8)) = (
+                    <&[u8; 4 * BLOCK]>::try_from(wg),
+                    <&[i8; 8 * BLOCK]>::try_from(xg),
+                    <&[u16; 8]>::try_from(d8),
+                    <&[f32; 8]>::try_from(x8),
+                    <&[f32; 8]>::try_from(t8),
+                ) else {
+                    continue;
+                };
+                prefetch_ahead(wg.as_ptr(), 2, d8.as_ptr(), PREFETCH_AHEAD / 16);
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
+                let s8 = _mm512_castps256_ps512(_mm256_mul_ps(dw, _mm256_loadu_ps(x8.as_ptr())));
+                off8 = _mm256_fmadd_ps(dw, _mm256_loadu_ps(t8.as_ptr()), off8);
+                let mut ia = ia0;
+                for h in 0..2 {
+                    let (Ok(wp), Ok(xa), Ok(xb)) = (
+                        <&[u8; 2 * BLOCK]>::try_from(&wg[64 * h..64 * h + 64]),
+                        <&[i8; 2 * BLOCK]>::try_from(&xg[128 * h..128 * h + 64]),
+                        <&[i8; 2 * BLOCK]>::try_from(&xg[128 * h + 64..128 * h + 128]),
+                    ) else {
+                        continue;
+                    };
+                    let raw = _mm512_loadu_si512(wp.as_ptr().cast());
+                    let lo = _mm512_and_si512(raw, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low);
+                    let pa = _mm512_dpbusd_epi32(zero, lo, _mm512_loadu_si512(xa.as_ptr().cast()));
+                    let pb = _mm512_dpbusd_epi32(zero, hi, _mm512_loadu_si512(xb.as_ptr().cast()));
+                    let sa = _mm512_permutexvar_ps(ia, s8);
+                    let sb = _mm512_permutexvar_ps(_mm512_add_epi32(ia, one), s8);
+                    acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pa), sa, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pb), sb, acc[1]);
+                    ia = _mm512_add_epi32(ia, four);
+                }
+            }
+            let head = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - 8.0 * hsum(off8);
+            let (b, bytes) = (8 * groups, 8 * groups * BLOCK / 2);
+            let tail = if b < ws.len() {
+                dot_q4(&w[bytes..], &ws[b..], &x[b * BLOCK..], &xs[b..], &xsum[b..])
+            } else {
+                0.0
+            };
+            head + tail
+        }
+    }
+
+    /// One run of four Q4_0 blocks (`lo`, `hi`: its unpacked nibbles) against run `h` of a
+    /// group of paired activations, scaled by the lanes `idx` of `s8` and added to `acc`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q4_run_512(
+        acc: __m512,
+        lo: __m512i,
+        hi: __m512i,
+        xg: &[i8; 8 * BLOCK],
+        h: usize,
+        idx: (__m512i, __m512i),
+        s8: __m512,
+    ) -> __m512 {
+        // SAFETY: 64-byte loads from checked 64-byte arrays; register arithmetic otherwise.
+        unsafe {
+            let (Ok(xa), Ok(xb)) = (
+                <&[i8; 2 * BLOCK]>::try_from(&xg[128 * h..128 * h + 64]),
+                <&[i8; 2 * BLOCK]>::try_from(&xg[128 * h + 64..128 * h + 128]),
+            ) else {
+                return acc;
+            };
+            let zero = _mm512_setzero_si512();
+            let pa = _mm512_dpbusd_epi32(zero, lo, _mm512_loadu_si512(xa.as_ptr().cast()));
+            let pb = _mm512_dpbusd_epi32(zero, hi, _mm512_loadu_si512(xb.as_ptr().cast()));
+            let acc = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(pa),
+                _mm512_permutexvar_ps(idx.0, s8),
+                acc,
+            );
+            _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(pb),
+                _mm512_permutexvar_ps(idx.1, s8),
+                acc,
+            )
+        }
+    }
+
+    /// [`dot4_q4`] with 512-bit vectors and `vpdpbusd` for whole groups of eight blocks, the
+    /// activations read from `xp` (rows in the order of `Activations::q_paired`); the rest
+    /// of the row goes to [`dot4_q4`] on `x`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_q4_512(
+        w: &[u8],
+        ws: &[u16],
+        xp: [&[i8]; 4],
+        x: [&[i8]; 4],
+        xs: [&[f32]; 4],
+        xsum: [&[f32]; 4],
+    ) -> [f32; 4] {
+        // SAFETY: as for `dot_q4_512`.
+        unsafe {
+            let nb = ws.len();
+            let groups = nb / 8;
+            // Four named accumulators, not an array: indexed ones were kept in memory.
+            let (mut a0, mut a1, mut a2, mut a3) = (
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+            );
+            let mut off8 = [_mm256_setzero_ps(); 4];
+            let low = _mm512_set1_epi8(0x0F);
+            let ia0 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+            let one = _mm512_set1_epi32(1);
+            let four = _mm512_set1_epi32(4);
+            for g in 0..groups {
+                let (Ok(d8), Ok(wg)) = (
+                    <&[u16; 8]>::try_from(&ws[8 * g..8 * g + 8]),
+                    <&[u8; 4 * BLOCK]>::try_from(&w[4 * BLOCK * g..4 * BLOCK * (g + 1)]),
+                ) else {
+                    continue;
+                };
+                // Written out: `array::from_fn` and closures are not inlined into a function
+                // with other target features, and a call per group cost a fifth of the time.
+                let span = 8 * BLOCK * g..8 * BLOCK * (g + 1);
+                let (Some(Ok(x0)), Some(Ok(x1)), Some(Ok(x2)), Some(Ok(x3))) = (
+                    xp[0].get(span.clone()).map(<&[i8; 8 * BLOCK]>::try_from),
+                    xp[1].get(span.clone()).map(<&[i8; 8 * BLOCK]>::try_from),
+                    xp[2].get(span.clone()).map(<&[i8; 8 * BLOCK]>::try_from),
+                    xp[3].get(span).map(<&[i8; 8 * BLOCK]>::try_from),
+                ) else {
+                    continue;
+                };
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
+                let mut s8 = [_mm512_setzero_ps(); 4];
+                for k in 0..4 {
+                    let (Ok(x8), Ok(t8)) = (
+                        <&[f32; 8]>::try_from(&xs[k][8 * g..8 * g + 8]),
+                        <&[f32; 8]>::try_from(&xsum[k][8 * g..8 * g + 8]),
+                    ) else {
+                        continue;
+                    };
+                    s8[k] = _mm512_castps256_ps512(_mm256_mul_ps(dw, _mm256_loadu_ps(x8.as_ptr())));
+                    off8[k] = _mm256_fmadd_ps(dw, _mm256_loadu_ps(t8.as_ptr()), off8[k]);
+                }
+                let mut ia = ia0;
+                for h in 0..2 {
+                    let Ok(wp) = <&[u8; 2 * BLOCK]>::try_from(&wg[64 * h..64 * h + 64]) else {
+                        continue;
+                    };
+                    let raw = _mm512_loadu_si512(wp.as_ptr().cast());
+                    let lo = _mm512_and_si512(raw, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low);
+                    let ib = _mm512_add_epi32(ia, one);
+                    a0 = q4_run_512(a0, lo, hi, x0, h, (ia, ib), s8[0]);
+                    a1 = q4_run_512(a1, lo, hi, x1, h, (ia, ib), s8[1]);
+                    a2 = q4_run_512(a2, lo, hi, x2, h, (ia, ib), s8[2]);
+                    a3 = q4_run_512(a3, lo, hi, x3, h, (ia, ib), s8[3]);
+                    ia = _mm512_add_epi32(ia, four);
+                }
+            }
+            let acc = [a0, a1, a2, a3];
+            let b = 8 * groups;
+            let tail = if b < nb {
+                dot4_q4(
+                    &w[b * BLOCK / 2..],
+                    &ws[b..],
+                    x.map(|r| &r[b * BLOCK..]),
+                    xs.map(|r| &r[b..]),
+                    xsum.map(|r| &r[b..]),
+                )
+            } else {
+                [0.0; 4]
+            };
+            std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]) - 8.0 * hsum(off8[k]) + tail[k])
+        }
+    }
+
     /// One Q4_0 row against one activation row; `xsum` holds each activation block's scaled
     /// sum for the offset term. Pairs of blocks per step, two pairs per iteration into four
     /// accumulators.
@@ -1064,6 +1353,92 @@ mod tests {
         Ok(())
     }
 
+    /// Row `r` of `bm` against activation row `j` on the portable loop.
+    fn portable(bm: &BlockMatrix, act: &Activations, r: usize, j: usize) -> f32 {
+        let (cols, nb) = (act.cols, act.cols / BLOCK);
+        let x = (&act.q[j * cols..(j + 1) * cols], &[][..]);
+        dot(
+            false,
+            bm,
+            r,
+            x,
+            &act.scales[j * nb..(j + 1) * nb],
+            &act.sums[j * nb..(j + 1) * nb],
+        )
+    }
+
+    #[test]
+    fn every_q4_0_kernel_gives_the_portable_products() -> Result<()> {
+        let dev = Device::Cpu;
+        // Rows of 1 to 40 blocks: no whole group of eight, groups with and without a tail,
+        // odd and even block counts.
+        for cols in [32, 64, 96, 256, 288, 352, 1280] {
+            let nb = cols / BLOCK;
+            let w = Tensor::from_vec(uniform(3 * cols, 0.05, 7), (3, cols), &dev)?;
+            let bm = BlockMatrix::from_qtensor("w", &QTensor::quantize(&w, GgmlDType::Q4_0)?)?;
+            let m = 5;
+            let x = uniform(m * cols, 1.0, 8);
+            let act = Activations::quantize(&x, m, cols);
+            let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+            // The prompt path (four activation rows at a time, then one) and the decode path.
+            let mut y = vec![0f32; m * 3];
+            bm.matmul(&x, m, &mut y);
+            for j in 0..m {
+                let mut y1 = vec![0f32; 3];
+                bm.matmul(&x[j * cols..(j + 1) * cols], 1, &mut y1);
+                for r in 0..3 {
+                    let want = portable(&bm, &act, r, j);
+                    assert!(close(y[j * 3 + r], want), "cols {cols} prompt ({j}, {r})");
+                    assert!(close(y1[r], want), "cols {cols} decode ({j}, {r})");
+                }
+            }
+            // Each x86 kernel on its own, whichever the dispatch would pick.
+            #[cfg(target_arch = "x86_64")]
+            if avx2() {
+                let Quants::Q4(q) = &bm.quants else {
+                    return Err(Error::InvalidArgument("expected Q4_0 blocks".into()));
+                };
+                let row = |r: usize| &q[r * cols / 2..(r + 1) * cols / 2];
+                let ws = |r: usize| &bm.scales[r * nb..(r + 1) * nb];
+                let xq: [&[i8]; 4] = std::array::from_fn(|j| &act.q[j * cols..(j + 1) * cols]);
+                let xs: [&[f32]; 4] = std::array::from_fn(|j| &act.scales[j * nb..(j + 1) * nb]);
+                let xt: [&[f32]; 4] = std::array::from_fn(|j| &act.sums[j * nb..(j + 1) * nb]);
+                for r in 0..3 {
+                    let want: [f32; 4] = std::array::from_fn(|j| portable(&bm, &act, r, j));
+                    // SAFETY: AVX2, FMA and F16C were found above.
+                    #[allow(unsafe_code)]
+                    let (one, four) = unsafe {
+                        (
+                            x86::dot_q4(row(r), ws(r), xq[0], xs[0], xt[0]),
+                            x86::dot4_q4(row(r), ws(r), xq, xs, xt),
+                        )
+                    };
+                    assert!(close(one, want[0]), "cols {cols} AVX2 row {r}");
+                    for j in 0..4 {
+                        assert!(close(four[j], want[j]), "cols {cols} AVX2 x4 ({j}, {r})");
+                    }
+                    if avx512() {
+                        let xp: [&[i8]; 4] =
+                            std::array::from_fn(|j| &act.q_paired[j * cols..(j + 1) * cols]);
+                        // SAFETY: AVX-512 F, BW and VNNI were found by `avx512()`.
+                        #[allow(unsafe_code)]
+                        let (one, four) = unsafe {
+                            (
+                                x86::dot_q4_512(row(r), ws(r), xp[0], xq[0], xs[0], xt[0]),
+                                x86::dot4_q4_512(row(r), ws(r), xp, xq, xs, xt),
+                            )
+                        };
+                        assert!(close(one, want[0]), "cols {cols} AVX-512 row {r}");
+                        for j in 0..4 {
+                            assert!(close(four[j], want[j]), "cols {cols} AVX-512 x4 ({j}, {r})");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn tiled_transpose_moves_every_value() {
         for (rows, m) in [(1, 1), (16, 16), (37, 5), (5, 37), (70, 33)] {
@@ -1131,8 +1506,9 @@ mod tests {
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
             let bm = BlockMatrix::from_qtensor("w", &QTensor::quantize(&w, dtype)?)?;
             for r in 0..3 {
-                let simd = dot(avx2(), &bm, r, &act.q, &act.scales, &act.sums);
-                let portable = dot(false, &bm, r, &act.q, &act.scales, &act.sums);
+                let x = (&act.q[..], &act.q_paired[..]);
+                let simd = dot(avx2(), &bm, r, x, &act.scales, &act.sums);
+                let portable = dot(false, &bm, r, x, &act.scales, &act.sums);
                 assert!(
                     (simd - portable).abs() <= 1e-4 * portable.abs().max(1.0),
                     "{dtype:?} row {r}: {simd} vs {portable}"
