@@ -89,11 +89,11 @@ fn render_plain(messages: &[Message]) -> String {
         out.push_str(&system.join("\n"));
         out.push_str("\n\n");
     }
-    if let [only] = turns.as_slice() {
-        if only.role == Role::User {
-            out.push_str(&only.content);
-            return out;
-        }
+    if let [only] = turns.as_slice()
+        && only.role == Role::User
+    {
+        out.push_str(&only.content);
+        return out;
     }
     for m in turns {
         let who = if m.role == Role::User {

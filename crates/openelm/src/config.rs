@@ -276,7 +276,7 @@ impl Config {
                 return Err(bad(format!("`{field}` is 0")));
             }
         }
-        if raw.head_dim % 2 != 0 {
+        if !raw.head_dim.is_multiple_of(2) {
             return Err(bad(format!(
                 "`head_dim` is {}, RoPE needs an even width",
                 raw.head_dim
@@ -391,7 +391,7 @@ impl Config {
                 return Err(format!("{field} is 0"));
             }
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!(
                 "head width {} is odd; RoPE needs an even width",
                 self.head_dim

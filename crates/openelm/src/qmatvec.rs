@@ -256,7 +256,11 @@ fn transpose_into(yt: &[f32], rows: usize, m: usize, y: &mut [f32]) {
 fn q4_value(row: &[u8], nb: usize, b: usize, e: usize) -> u8 {
     if b / 2 * 2 + 1 < nb {
         let byte = row[b / 2 * BLOCK + e];
-        if b % 2 == 0 { byte & 0x0F } else { byte >> 4 }
+        if b.is_multiple_of(2) {
+            byte & 0x0F
+        } else {
+            byte >> 4
+        }
     } else {
         let byte = row[b * BLOCK / 2 + e % 16];
         if e < 16 { byte & 0x0F } else { byte >> 4 }

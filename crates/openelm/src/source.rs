@@ -213,8 +213,8 @@ pub fn parse_quant_type(s: &str) -> Result<GgmlDType> {
 pub fn quant_type_for(wanted: GgmlDType, cols: usize) -> Option<GgmlDType> {
     match wanted {
         GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => None,
-        q if cols % q.block_size() == 0 => Some(q),
-        _ if cols % GgmlDType::Q8_0.block_size() == 0 => Some(GgmlDType::Q8_0),
+        q if cols.is_multiple_of(q.block_size()) => Some(q),
+        _ if cols.is_multiple_of(GgmlDType::Q8_0.block_size()) => Some(GgmlDType::Q8_0),
         _ => None,
     }
 }

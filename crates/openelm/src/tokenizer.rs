@@ -143,10 +143,11 @@ pub(crate) fn spm_tokenizer_json(
         }
         for (at, _) in piece.char_indices().skip(1) {
             let (l, r) = piece.split_at(at);
-            if let (Some(&li), Some(&ri)) = (ids.get(l), ids.get(r)) {
-                if mergeable(li) && mergeable(ri) {
-                    merges.push((scores.get(id).copied().unwrap_or(0.0), id, li, ri));
-                }
+            if let (Some(&li), Some(&ri)) = (ids.get(l), ids.get(r))
+                && mergeable(li)
+                && mergeable(ri)
+            {
+                merges.push((scores.get(id).copied().unwrap_or(0.0), id, li, ri));
             }
         }
     }
@@ -217,11 +218,13 @@ fn byte_pieces(tok: &tokenizers::Tokenizer) -> Option<Vec<Piece>> {
             continue;
         };
         let b = piece.as_bytes();
-        if b.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>') {
-            if let Ok(byte) = u8::from_str_radix(&piece[3..5], 16) {
-                out.push(Piece::Bytes(vec![byte]));
-                continue;
-            }
+        if b.len() == 6
+            && piece.starts_with("<0x")
+            && piece.ends_with('>')
+            && let Ok(byte) = u8::from_str_radix(&piece[3..5], 16)
+        {
+            out.push(Piece::Bytes(vec![byte]));
+            continue;
         }
         out.push(Piece::Bytes(piece.replace('\u{2581}', " ").into_bytes()));
     }

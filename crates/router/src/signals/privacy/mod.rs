@@ -667,11 +667,11 @@ impl PrivacyDetector {
             let Some(tail) = text.get(hit.end..) else {
                 continue;
             };
-            if let Some(d) = re.captures(tail).and_then(|c| c.name("d")) {
-                if birth_date_ok(d.as_str()) {
-                    sink.claim(PiiKind::DateOfBirth, hit.end + d.start(), hit.end + d.end());
-                    continue;
-                }
+            if let Some(d) = re.captures(tail).and_then(|c| c.name("d"))
+                && birth_date_ok(d.as_str())
+            {
+                sink.claim(PiiKind::DateOfBirth, hit.end + d.start(), hit.end + d.end());
+                continue;
             }
             // Verb-final order: "ich bin am 12. Juni 1985 geboren", "я 7 марта 1991 года
             // родилась".
@@ -744,11 +744,11 @@ impl PrivacyDetector {
             let Some(tail) = text.get(hit.end..) else {
                 continue;
             };
-            if let Some(v) = re.captures(tail).and_then(|c| c.name("v")) {
-                if let Some(len) = id_value(v.as_str()) {
-                    let start = hit.end + v.start();
-                    sink.claim(PiiKind::NationalId, start, start + len);
-                }
+            if let Some(v) = re.captures(tail).and_then(|c| c.name("v"))
+                && let Some(len) = id_value(v.as_str())
+            {
+                let start = hit.end + v.start();
+                sink.claim(PiiKind::NationalId, start, start + len);
             }
         }
     }
@@ -811,10 +811,10 @@ impl PrivacyDetector {
             }
             if let Some(span) = self.street_after(text, run.start) {
                 streets.push(span);
-            } else if run.len() <= 4 {
-                if let Some(span) = street_before(text, *run) {
-                    streets.push(span);
-                }
+            } else if run.len() <= 4
+                && let Some(span) = street_before(text, *run)
+            {
+                streets.push(span);
             }
         }
     }
@@ -1027,10 +1027,10 @@ fn token_ok(token: &str) -> bool {
     }
     let body = token.get(3..).unwrap_or("");
     let mut chars = body.chars().filter(char::is_ascii_alphanumeric);
-    if let Some(c) = chars.next() {
-        if chars.all(|d| d == c) {
-            return false;
-        }
+    if let Some(c) = chars.next()
+        && chars.all(|d| d == c)
+    {
+        return false;
     }
     if token.starts_with("sk-") || token.starts_with("pk-") || token.starts_with("rk-") {
         // Real keys have long runs of random characters between their dashes.
@@ -1305,10 +1305,10 @@ fn id_value(v: &str) -> Option<usize> {
             digits += part.bytes().filter(u8::is_ascii_digit).count();
             groups += 1;
             end = i + part.len();
-            if let Some(sep) = last_sep {
-                if sep == '/' || sep == '.' {
-                    date_seps += 1;
-                }
+            if let Some(sep) = last_sep
+                && (sep == '/' || sep == '.')
+            {
+                date_seps += 1;
             }
         } else {
             break;
@@ -1484,10 +1484,10 @@ fn street_before(text: &str, run: Run) -> Option<(usize, usize)> {
     }
     if capitalised(w1) {
         let lower = w1.to_lowercase();
-        if let Some(suffix) = COMPOUND_STREET.iter().find(|s| lower.ends_with(**s)) {
-            if lower.chars().count() > suffix.chars().count() + 2 {
-                return Some((w1_start, end));
-            }
+        if let Some(suffix) = COMPOUND_STREET.iter().find(|s| lower.ends_with(**s))
+            && lower.chars().count() > suffix.chars().count() + 2
+        {
+            return Some((w1_start, end));
         }
     }
     // Romance order: a street word, particles and capitalised names, then the number.

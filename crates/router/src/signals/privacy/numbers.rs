@@ -75,10 +75,10 @@ impl Region<'_> {
     pub(super) fn digits(&self, from: usize, to: usize, buf: &mut Vec<u8>) {
         buf.clear();
         for k in from..=to {
-            if let Some(r) = self.run(k) {
-                if let Some(d) = self.bytes().get(r.start..r.end) {
-                    buf.extend(d.iter().map(|b| b - b'0'));
-                }
+            if let Some(r) = self.run(k)
+                && let Some(d) = self.bytes().get(r.start..r.end)
+            {
+                buf.extend(d.iter().map(|b| b - b'0'));
             }
         }
     }
@@ -92,10 +92,11 @@ impl Region<'_> {
 
     pub(super) fn mark(&self, used: &mut [bool], start: usize, end: usize) {
         for (k, r) in self.runs.iter().enumerate() {
-            if r.start >= start && r.end <= end {
-                if let Some(u) = used.get_mut(k) {
-                    *u = true;
-                }
+            if r.start >= start
+                && r.end <= end
+                && let Some(u) = used.get_mut(k)
+            {
+                *u = true;
             }
         }
     }
@@ -121,10 +122,10 @@ impl Region<'_> {
             .or_else(|| {
                 codice_fiscale_at(bytes, first.start).map(|span| (PiiKind::NationalId, span))
             });
-        if let Some((kind, (s, e))) = found {
-            if sink.claim(kind, s, e) {
-                self.mark(used, s, e);
-            }
+        if let Some((kind, (s, e))) = found
+            && sink.claim(kind, s, e)
+        {
+            self.mark(used, s, e);
         }
     }
 
@@ -230,18 +231,18 @@ impl Region<'_> {
             while m + 1 < self.runs.len() && self.sep(m + 1) == "-" {
                 m += 1;
             }
-            if m == k + 2 && (k..=m).all(|i| !used.get(i).copied().unwrap_or(true)) {
-                if let (Some(a), Some(b), Some(c)) = (self.run(k), self.run(k + 1), self.run(k + 2))
+            if m == k + 2
+                && (k..=m).all(|i| !used.get(i).copied().unwrap_or(true))
+                && let (Some(a), Some(b), Some(c)) = (self.run(k), self.run(k + 1), self.run(k + 2))
+            {
+                let span = self.text.get(a.start..c.end).unwrap_or("");
+                if a.len() == 3
+                    && b.len() == 2
+                    && c.len() == 4
+                    && ssn_ok(span)
+                    && sink.claim(PiiKind::NationalId, a.start, c.end)
                 {
-                    let span = self.text.get(a.start..c.end).unwrap_or("");
-                    if a.len() == 3
-                        && b.len() == 2
-                        && c.len() == 4
-                        && ssn_ok(span)
-                        && sink.claim(PiiKind::NationalId, a.start, c.end)
-                    {
-                        self.mark(used, a.start, c.end);
-                    }
+                    self.mark(used, a.start, c.end);
                 }
             }
             k = m + 1;
@@ -250,12 +251,12 @@ impl Region<'_> {
         if used.iter().all(|u| !u) && (1..self.runs.len()).all(|k| self.sep(k) == " ") {
             let mut buf = Vec::with_capacity(16);
             self.digits(0, self.runs.len().saturating_sub(1), &mut buf);
-            if buf.len() == 15 && nir_ok(&buf) {
-                if let (Some(a), Some(z)) = (self.run(0), self.runs.last()) {
-                    if sink.claim(PiiKind::NationalId, a.start, z.end) {
-                        self.mark(used, a.start, z.end);
-                    }
-                }
+            if buf.len() == 15
+                && nir_ok(&buf)
+                && let (Some(a), Some(z)) = (self.run(0), self.runs.last())
+                && sink.claim(PiiKind::NationalId, a.start, z.end)
+            {
+                self.mark(used, a.start, z.end);
             }
         }
         // DNI (8 digits + letter) and NIE (X/Y/Z + 7 digits + letter).
@@ -263,12 +264,11 @@ impl Region<'_> {
             if used.get(k).copied().unwrap_or(true) {
                 continue;
             }
-            if let Some((s, e)) = dni_at(bytes, *r) {
-                if sink.claim(PiiKind::NationalId, s, e) {
-                    if let Some(u) = used.get_mut(k) {
-                        *u = true;
-                    }
-                }
+            if let Some((s, e)) = dni_at(bytes, *r)
+                && sink.claim(PiiKind::NationalId, s, e)
+                && let Some(u) = used.get_mut(k)
+            {
+                *u = true;
             }
         }
     }
@@ -284,15 +284,14 @@ impl Region<'_> {
             while m + 1 < self.runs.len() && self.sep(m + 1) == "." {
                 m += 1;
             }
-            if m == k + 3 {
-                if let (Some(a), Some(z)) = (self.run(k), self.run(m)) {
-                    if let Some(public) = self.quad(k, used) {
-                        if public {
-                            sink.claim(PiiKind::IpAddress, a.start, z.end);
-                        }
-                        self.mark(used, a.start, z.end);
-                    }
+            if m == k + 3
+                && let (Some(a), Some(z)) = (self.run(k), self.run(m))
+                && let Some(public) = self.quad(k, used)
+            {
+                if public {
+                    sink.claim(PiiKind::IpAddress, a.start, z.end);
                 }
+                self.mark(used, a.start, z.end);
             }
             k = m + 1;
         }
@@ -845,7 +844,7 @@ pub(super) fn luhn_digits(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The Luhn checksum of a 13-19 digit number (separators ignored). Issuer prefixes are not
