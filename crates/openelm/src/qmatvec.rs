@@ -510,7 +510,14 @@ fn four_rows(w: &BlockMatrix, act: &Activations, r: usize, g: usize, out: &mut [
     let y = match &w.quants {
         // SAFETY: compiled for AVX2, FMA and F16C, which the caller checked with `avx2()`.
         #[allow(unsafe_code)]
-        Quants::Q8(q) => unsafe { x86::dot4_q8(&q[r * cols..(r + 1) * cols], ws, x, xs) },
+        Quants::Q8(q) => unsafe {
+            let wr = &q[r * cols..(r + 1) * cols];
+            if avx512() {
+                x86::dot4_q8_512(wr, ws, x, xs, xsum)
+            } else {
+                x86::dot4_q8(wr, ws, x, xs)
+            }
+        },
         // SAFETY: as above.
         #[allow(unsafe_code)]
         Quants::Q4(q) => unsafe {
@@ -1048,6 +1055,122 @@ mod x86 {
         }
     }
 
+    /// Two Q8_0 blocks (`w`, one 64-byte load) against two activation blocks, scaled by the
+    /// lanes `idx` of `s8` and added to `acc`. The weights are made unsigned by flipping their
+    /// sign bit (`w + 128`), as `vpdpbusd` needs; the caller subtracts `128 * sum(x)` per
+    /// block through the activation block sums.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q8_two_512(
+        acc: __m512,
+        w: __m512i,
+        x: &[i8; 2 * BLOCK],
+        idx: __m512i,
+        s8: __m512,
+    ) -> __m512 {
+        // SAFETY: a 64-byte load from a 64-byte array; register arithmetic otherwise.
+        unsafe {
+            let p = _mm512_dpbusd_epi32(
+                _mm512_setzero_si512(),
+                w,
+                _mm512_loadu_si512(x.as_ptr().cast()),
+            );
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx, s8), acc)
+        }
+    }
+
+    /// [`dot4_q8`] with 512-bit vectors and `vpdpbusd` for whole groups of eight blocks (the
+    /// rest of the row goes to [`dot4_q8`]); `xsum` holds the activation block sums for the
+    /// `+ 128` offset of the weights.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_q8_512(
+        w: &[i8],
+        ws: &[u16],
+        x: [&[i8]; 4],
+        xs: [&[f32]; 4],
+        xsum: [&[f32]; 4],
+    ) -> [f32; 4] {
+        // SAFETY: as for `dot_q4_512`.
+        unsafe {
+            let nb = ws.len();
+            let groups = nb / 8;
+            let (mut a0, mut a1, mut a2, mut a3) = (
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+            );
+            let mut off8 = [_mm256_setzero_ps(); 4];
+            let flip = _mm512_set1_epi8(-128);
+            // Lanes 0-7: the first block of a 64-byte run, 8-15: the second.
+            let idx0 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+            let two = _mm512_set1_epi32(2);
+            for g in 0..groups {
+                let span = 8 * BLOCK * g..8 * BLOCK * (g + 1);
+                let (Ok(d8), Some(Ok(wg))) = (
+                    <&[u16; 8]>::try_from(&ws[8 * g..8 * g + 8]),
+                    w.get(span.clone()).map(<&[i8; 8 * BLOCK]>::try_from),
+                ) else {
+                    continue;
+                };
+                // Written out: closures are not inlined into a function with other target
+                // features.
+                let (Some(Ok(x0)), Some(Ok(x1)), Some(Ok(x2)), Some(Ok(x3))) = (
+                    x[0].get(span.clone()).map(<&[i8; 8 * BLOCK]>::try_from),
+                    x[1].get(span.clone()).map(<&[i8; 8 * BLOCK]>::try_from),
+                    x[2].get(span.clone()).map(<&[i8; 8 * BLOCK]>::try_from),
+                    x[3].get(span).map(<&[i8; 8 * BLOCK]>::try_from),
+                ) else {
+                    continue;
+                };
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
+                let mut s8 = [_mm512_setzero_ps(); 4];
+                for k in 0..4 {
+                    let (Ok(x8), Ok(t8)) = (
+                        <&[f32; 8]>::try_from(&xs[k][8 * g..8 * g + 8]),
+                        <&[f32; 8]>::try_from(&xsum[k][8 * g..8 * g + 8]),
+                    ) else {
+                        continue;
+                    };
+                    s8[k] = _mm512_castps256_ps512(_mm256_mul_ps(dw, _mm256_loadu_ps(x8.as_ptr())));
+                    off8[k] = _mm256_fmadd_ps(dw, _mm256_loadu_ps(t8.as_ptr()), off8[k]);
+                }
+                let mut idx = idx0;
+                for j in 0..4 {
+                    let run = 2 * BLOCK * j..2 * BLOCK * (j + 1);
+                    let (Ok(wp), Ok(y0), Ok(y1), Ok(y2), Ok(y3)) = (
+                        <&[i8; 2 * BLOCK]>::try_from(&wg[run.clone()]),
+                        <&[i8; 2 * BLOCK]>::try_from(&x0[run.clone()]),
+                        <&[i8; 2 * BLOCK]>::try_from(&x1[run.clone()]),
+                        <&[i8; 2 * BLOCK]>::try_from(&x2[run.clone()]),
+                        <&[i8; 2 * BLOCK]>::try_from(&x3[run]),
+                    ) else {
+                        continue;
+                    };
+                    let wu = _mm512_xor_si512(_mm512_loadu_si512(wp.as_ptr().cast()), flip);
+                    a0 = q8_two_512(a0, wu, y0, idx, s8[0]);
+                    a1 = q8_two_512(a1, wu, y1, idx, s8[1]);
+                    a2 = q8_two_512(a2, wu, y2, idx, s8[2]);
+                    a3 = q8_two_512(a3, wu, y3, idx, s8[3]);
+                    idx = _mm512_add_epi32(idx, two);
+                }
+            }
+            let acc = [a0, a1, a2, a3];
+            let b = 8 * groups;
+            let tail = if b < nb {
+                dot4_q8(
+                    &w[b * BLOCK..],
+                    &ws[b..],
+                    x.map(|r| &r[b * BLOCK..]),
+                    xs.map(|r| &r[b..]),
+                )
+            } else {
+                [0.0; 4]
+            };
+            std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]) - 128.0 * hsum(off8[k]) + tail[k])
+        }
+    }
+
     /// One run of four Q4_0 blocks (`lo`, `hi`: its unpacked nibbles) against run `h` of a
     /// group of paired activations, scaled by the lanes `idx` of `s8` and added to `acc`.
     #[inline]
@@ -1433,6 +1556,61 @@ mod tests {
                             )
                         };
                         assert!(close(one, want[0]), "cols {cols} AVX-512 row {r}");
+                        for j in 0..4 {
+                            assert!(close(four[j], want[j]), "cols {cols} AVX-512 x4 ({j}, {r})");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn every_q8_0_prompt_kernel_gives_the_portable_products() -> Result<()> {
+        let dev = Device::Cpu;
+        for cols in [32, 64, 256, 288, 352, 1280] {
+            let nb = cols / BLOCK;
+            // Weights out to both ends of the i8 range, where the +128 offset of the AVX-512
+            // kernel matters.
+            let w = Tensor::from_vec(uniform(3 * cols, 0.05, 9), (3, cols), &dev)?;
+            let bm = BlockMatrix::from_qtensor("w", &QTensor::quantize(&w, GgmlDType::Q8_0)?)?;
+            let m = 5;
+            let x = uniform(m * cols, 1.0, 10);
+            let act = Activations::quantize(&x, m, cols);
+            let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+            let mut y = vec![0f32; m * 3];
+            bm.matmul(&x, m, &mut y);
+            for j in 0..m {
+                for r in 0..3 {
+                    let want = portable(&bm, &act, r, j);
+                    assert!(close(y[j * 3 + r], want), "cols {cols} prompt ({j}, {r})");
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if avx2() {
+                let Quants::Q8(q) = &bm.quants else {
+                    return Err(Error::InvalidArgument("expected Q8_0 blocks".into()));
+                };
+                let xq: [&[i8]; 4] = std::array::from_fn(|j| &act.q[j * cols..(j + 1) * cols]);
+                let xs: [&[f32]; 4] = std::array::from_fn(|j| &act.scales[j * nb..(j + 1) * nb]);
+                let xt: [&[f32]; 4] = std::array::from_fn(|j| &act.sums[j * nb..(j + 1) * nb]);
+                for r in 0..3 {
+                    let (wr, ws) = (
+                        &q[r * cols..(r + 1) * cols],
+                        &bm.scales[r * nb..(r + 1) * nb],
+                    );
+                    let want: [f32; 4] = std::array::from_fn(|j| portable(&bm, &act, r, j));
+                    // SAFETY: AVX2, FMA and F16C were found above.
+                    #[allow(unsafe_code)]
+                    let four = unsafe { x86::dot4_q8(wr, ws, xq, xs) };
+                    for j in 0..4 {
+                        assert!(close(four[j], want[j]), "cols {cols} AVX2 x4 ({j}, {r})");
+                    }
+                    if avx512() {
+                        // SAFETY: AVX-512 F, BW and VNNI were found by `avx512()`.
+                        #[allow(unsafe_code)]
+                        let four = unsafe { x86::dot4_q8_512(wr, ws, xq, xs, xt) };
                         for j in 0..4 {
                             assert!(close(four[j], want[j]), "cols {cols} AVX-512 x4 ({j}, {r})");
                         }
