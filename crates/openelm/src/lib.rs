@@ -77,6 +77,7 @@ mod engine;
 mod error;
 mod generation;
 mod gguf;
+mod helper;
 #[cfg(feature = "hub")]
 pub mod hub;
 mod matvec;

@@ -10,6 +10,7 @@ use candle_core::quantized::GgmlDType;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::helper::DecodeHelpers;
 use crate::qmatvec::{BlockMatMul, BlockMatrix};
 use crate::source::{SafetensorsSource, TensorMap, Weight, WeightSource};
 use crate::weights::Checkpoint;
@@ -120,7 +121,13 @@ impl Linear {
 impl Linear {
     /// `rows` rows of `x` (`rows * in` f32 values) through the layer on the CPU: the block
     /// kernels run on the slice itself, other weights go through a tensor.
-    fn forward_rows(&self, x: Vec<f32>, rows: usize) -> Result<Vec<f32>> {
+    /// With a `helper` and one row, the helper thread takes half of the output rows.
+    fn forward_rows(
+        &self,
+        x: Vec<f32>,
+        rows: usize,
+        helper: Option<&DecodeHelpers>,
+    ) -> Result<Vec<f32>> {
         if let Self::Blocks(b) = self {
             let (out, cols) = b.dims();
             if x.len() != rows * cols {
@@ -130,7 +137,10 @@ impl Linear {
                 )));
             }
             let mut y = vec![0f32; rows * out];
-            b.matmul(&x, rows, &mut y);
+            match helper {
+                Some(h) if rows == 1 => h.split(b, b.quantize_input(&x, 1), &mut y),
+                _ => b.matmul(&x, rows, &mut y),
+            }
             return Ok(y);
         }
         let cols = x.len() / rows.max(1);
@@ -337,10 +347,17 @@ impl Attention {
     /// One position of `b` sequences on host vectors: `x` is `b` rows of the model width;
     /// returns the attention output, the same shape. Same arithmetic as
     /// [`forward`](Self::forward) with one position, without its two dozen tensor ops.
-    fn decode(&mut self, x: Vec<f32>, b: usize, rope: &Rope, offset: usize) -> Result<Vec<f32>> {
+    fn decode(
+        &mut self,
+        x: Vec<f32>,
+        b: usize,
+        rope: &Rope,
+        offset: usize,
+        helper: &DecodeHelpers,
+    ) -> Result<Vec<f32>> {
         let (n_q, n_kv, hd) = (self.n_q, self.n_kv, self.head_dim);
         let width = (n_q + 2 * n_kv) * hd;
-        let mut qkv = self.qkv.forward_rows(x, b)?;
+        let mut qkv = self.qkv.forward_rows(x, b, Some(helper))?;
         let (cos, sin) = rope.angles(offset)?;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut q = Vec::with_capacity(b * n_q * hd);
@@ -375,7 +392,7 @@ impl Attention {
             .apply_op3_no_bwd(&k, &v, &crate::attention::DecodeAttention)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        self.out.forward_rows(y, b)
+        self.out.forward_rows(y, b, Some(helper))
     }
 }
 
@@ -409,13 +426,23 @@ impl Layer {
 
     /// One position of `b` sequences on host vectors, `h` (`b` rows of the model width)
     /// updated in place: [`forward`](Self::forward)'s arithmetic for the decode step.
-    fn decode(&mut self, h: &mut [f32], b: usize, rope: &Rope, offset: usize) -> Result<()> {
+    fn decode(
+        &mut self,
+        h: &mut [f32],
+        b: usize,
+        rope: &Rope,
+        offset: usize,
+        helper: &DecodeHelpers,
+    ) -> Result<()> {
         use crate::decode::{add, rms_norm, swiglu};
         let x = rms_norm(h, &self.attn_norm_f32, self.eps);
-        add(h, &self.attn.decode(x, b, rope, offset)?);
+        add(h, &self.attn.decode(x, b, rope, offset, helper)?);
         let x = rms_norm(h, &self.ffn_norm_f32, self.eps);
-        let u = self.proj_1.forward_rows(x, b)?;
-        add(h, &self.proj_2.forward_rows(swiglu(&u, b), b)?);
+        let u = self.proj_1.forward_rows(x, b, Some(helper))?;
+        add(
+            h,
+            &self.proj_2.forward_rows(swiglu(&u, b), b, Some(helper))?,
+        );
         Ok(())
     }
 }
@@ -765,9 +792,22 @@ impl Model {
         let result = (|| -> Result<Tensor> {
             if on_host {
                 let mut hv = h.flatten_all()?.to_vec1::<f32>()?;
-                for layer in &mut self.layers {
-                    layer.decode(&mut hv, b, &self.rope, offset)?;
-                }
+                // The pool's other threads serve a share of every matrix product for the
+                // whole step (see `helper`).
+                let helpers = DecodeHelpers::new(rayon::current_num_threads().saturating_sub(1));
+                let (layers, rope) = (&mut self.layers, &self.rope);
+                let mut done = Ok(());
+                rayon::scope(|s| {
+                    for lane in 0..helpers.count() {
+                        let helpers = &helpers;
+                        s.spawn(move |_| helpers.serve(lane));
+                    }
+                    done = layers
+                        .iter_mut()
+                        .try_for_each(|layer| layer.decode(&mut hv, b, rope, offset, &helpers));
+                    helpers.finish();
+                });
+                done?;
                 return Ok(Tensor::from_vec(
                     hv,
                     (b, 1, self.config.model_dim),

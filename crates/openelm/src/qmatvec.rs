@@ -149,6 +149,17 @@ impl BlockMatrix {
         })
     }
 
+    /// `m` activation rows of `cols` values quantized for this matrix's kernels.
+    pub(crate) fn quantize_input(&self, x: &[f32], m: usize) -> Activations {
+        Activations::quantize(x, m, self.cols)
+    }
+
+    /// Rows `first..first + ys.len()` against one quantized activation row, on the calling
+    /// thread (the decode helper's halves).
+    pub(crate) fn rows_decode(&self, act: &Activations, first: usize, ys: &mut [f32]) {
+        rows(self, act, first, ys, 1);
+    }
+
     /// `[rows, cols]`.
     pub fn dims(&self) -> (usize, usize) {
         (self.rows, self.cols)
@@ -274,7 +285,7 @@ fn chunk_rows(rows: usize) -> usize {
 }
 
 /// Activation rows quantized to 8 bits per 32-value block, with an f32 scale per block.
-struct Activations {
+pub(crate) struct Activations {
     q: Vec<i8>,
     /// With AVX-512 only (else empty): `q` with each run of four blocks reordered 0, 2, 1, 3,
     /// so that one 64-byte load gives the two blocks that a 64-byte run of Q4_0 pairs
