@@ -91,9 +91,26 @@ impl DecodeHelpers {
         }
     }
 
-    /// How many helpers there is room for.
-    pub(crate) fn count(&self) -> usize {
-        self.lanes.len()
+    /// Runs `work` on this thread with the pool's other threads serving as helpers until it
+    /// returns (or panics: the helpers are released either way). Call it from a pool thread
+    /// (the model's forward passes run on one), so that the helpers' jobs go to this pool.
+    pub(crate) fn with<R: Send>(work: impl FnOnce(&Self) -> R + Send) -> R {
+        /// Releases the helpers when dropped, also while unwinding.
+        struct Release<'a>(&'a DecodeHelpers);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.finish();
+            }
+        }
+        let helpers = Self::new(rayon::current_num_threads().saturating_sub(1));
+        rayon::scope(|s| {
+            for lane in 0..helpers.lanes.len() {
+                let helpers = &helpers;
+                s.spawn(move |_| helpers.serve(lane));
+            }
+            let _release = Release(&helpers);
+            work(&helpers)
+        })
     }
 
     /// Helper `lane`'s side: runs the shares posted to it until [`finish`](Self::finish),
@@ -224,25 +241,26 @@ mod tests {
             .num_threads(3)
             .build()
             .map_err(|e| crate::Error::InvalidArgument(e.to_string()))?;
-        let h = DecodeHelpers::new(2);
-        let mut all = Vec::new();
-        pool.install(|| {
-            rayon::scope(|s| {
-                for lane in 0..h.count() {
-                    let h = &h;
-                    s.spawn(move |_| h.serve(lane));
-                }
-                for _ in 0..200 {
-                    let mut y = vec![f32::NAN; 37];
-                    h.split(&w, w.quantize_input(&x, 1), &mut y);
-                    all.push(y);
-                }
-                h.finish();
+        let all = pool.install(|| {
+            DecodeHelpers::with(|h| {
+                assert_eq!(h.lanes.len(), 2);
+                (0..200)
+                    .map(|_| {
+                        let mut y = vec![f32::NAN; 37];
+                        h.split(&w, w.quantize_input(&x, 1), &mut y);
+                        y
+                    })
+                    .collect::<Vec<_>>()
             })
         });
         for y in all {
             assert_eq!(y, want);
         }
+        // A panic inside releases the helpers instead of leaving the scope waiting on them.
+        let caught = pool.install(|| {
+            std::panic::catch_unwind(|| DecodeHelpers::with(|_| -> () { panic!("inside") }))
+        });
+        assert!(caught.is_err());
         Ok(())
     }
 }

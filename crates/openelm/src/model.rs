@@ -460,6 +460,8 @@ pub struct Model {
     embeddings: Embeddings,
     layers: Vec<Layer>,
     norm: Tensor,
+    /// `norm` as host f32, for the one-token path.
+    norm_f32: Vec<f32>,
     lm_head: Linear,
     rope: Rope,
     device: Device,
@@ -625,6 +627,7 @@ impl Model {
             rope: Rope::new(config, dtype, device)?,
             embeddings,
             layers,
+            norm_f32: host(&norm)?,
             norm,
             lm_head,
             device: device.clone(),
@@ -794,18 +797,11 @@ impl Model {
                 let mut hv = h.flatten_all()?.to_vec1::<f32>()?;
                 // The pool's other threads serve a share of every matrix product for the
                 // whole step (see `helper`).
-                let helpers = DecodeHelpers::new(rayon::current_num_threads().saturating_sub(1));
                 let (layers, rope) = (&mut self.layers, &self.rope);
-                let mut done = Ok(());
-                rayon::scope(|s| {
-                    for lane in 0..helpers.count() {
-                        let helpers = &helpers;
-                        s.spawn(move |_| helpers.serve(lane));
-                    }
-                    done = layers
+                let done = DecodeHelpers::with(|helpers| {
+                    layers
                         .iter_mut()
-                        .try_for_each(|layer| layer.decode(&mut hv, b, rope, offset, &helpers));
-                    helpers.finish();
+                        .try_for_each(|layer| layer.decode(&mut hv, b, rope, offset, helpers))
                 });
                 done?;
                 return Ok(Tensor::from_vec(
@@ -834,7 +830,18 @@ impl Model {
     }
 
     fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        let h = candle_nn::ops::rms_norm(h, &self.norm, self.config.rms_norm_eps as f32)?;
+        let eps = self.config.rms_norm_eps as f32;
+        if let (Linear::Blocks(_), DType::F32, true, Ok((b, 1, _))) =
+            (&self.lm_head, self.dtype, self.device.is_cpu(), h.dims3())
+        {
+            // One position: the host path, with the helpers, as for the layers.
+            let x =
+                crate::decode::rms_norm(&h.flatten_all()?.to_vec1::<f32>()?, &self.norm_f32, eps);
+            let y = DecodeHelpers::with(|helpers| self.lm_head.forward_rows(x, b, Some(helpers)))?;
+            let vocab = y.len() / b.max(1);
+            return Ok(Tensor::from_vec(y, (b, 1, vocab), &self.device)?);
+        }
+        let h = candle_nn::ops::rms_norm(h, &self.norm, eps)?;
         Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
     }
 }
