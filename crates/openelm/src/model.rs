@@ -121,7 +121,8 @@ impl Linear {
 impl Linear {
     /// `rows` rows of `x` (`rows * in` f32 values) through the layer on the CPU: the block
     /// kernels run on the slice itself, other weights go through a tensor.
-    /// With a `helper` and one row, the helper thread takes half of the output rows.
+    /// With `helper` and one row, the helper threads each take an equal share of the output
+    /// rows (see `helper`).
     fn forward_rows(
         &self,
         x: Vec<f32>,
