@@ -149,9 +149,14 @@ impl BlockMatrix {
         })
     }
 
+    /// Whether the values are Q4_0 (whose AVX-512 kernels read activations re-laid out).
+    fn is_q4(&self) -> bool {
+        matches!(self.quants, Quants::Q4(_))
+    }
+
     /// `m` activation rows of `cols` values quantized for this matrix's kernels.
     pub(crate) fn quantize_input(&self, x: &[f32], m: usize) -> Activations {
-        Activations::quantize(x, m, self.cols)
+        Activations::quantize(x, m, self.cols, self.is_q4())
     }
 
     /// Rows `first..first + ys.len()` against one quantized activation row, on the calling
@@ -215,7 +220,7 @@ impl BlockMatrix {
     /// `y[r] = dot(row r, x)` for each activation row: `x` is `m` rows of `cols` values,
     /// `y` is `[m, rows]` row-major.
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        let act = Activations::quantize(x, m, self.cols);
+        let act = Activations::quantize(x, m, self.cols, self.is_q4());
         if m == 1 {
             // Decode: split the output rows into a few chunks per thread.
             let chunk = chunk_rows(self.rows);
@@ -299,7 +304,8 @@ pub(crate) struct Activations {
 }
 
 impl Activations {
-    fn quantize(x: &[f32], m: usize, cols: usize) -> Self {
+    /// `for_q4`: also lay the rows out for the AVX-512 Q4_0 kernels (when the CPU has them).
+    fn quantize(x: &[f32], m: usize, cols: usize, for_q4: bool) -> Self {
         let mut q = vec![0i8; m * cols];
         let mut scales = vec![0f32; m * cols / BLOCK];
         let mut sums = vec![0f32; m * cols / BLOCK];
@@ -319,7 +325,7 @@ impl Activations {
                 *sum = d * total as f32;
             }
         }
-        let q_paired = if avx512() {
+        let q_paired = if for_q4 && avx512() {
             paired(&q, cols)
         } else {
             Vec::new()
@@ -1516,7 +1522,7 @@ mod tests {
             let bm = BlockMatrix::from_qtensor("w", &QTensor::quantize(&w, GgmlDType::Q4_0)?)?;
             let m = 5;
             let x = uniform(m * cols, 1.0, 8);
-            let act = Activations::quantize(&x, m, cols);
+            let act = Activations::quantize(&x, m, cols, true);
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
             // The prompt path (four activation rows at a time, then one) and the decode path.
             let mut y = vec![0f32; m * 3];
@@ -1588,7 +1594,7 @@ mod tests {
             let bm = BlockMatrix::from_qtensor("w", &QTensor::quantize(&w, GgmlDType::Q8_0)?)?;
             let m = 5;
             let x = uniform(m * cols, 1.0, 10);
-            let act = Activations::quantize(&x, m, cols);
+            let act = Activations::quantize(&x, m, cols, false);
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
             let mut y = vec![0f32; m * 3];
             bm.matmul(&x, m, &mut y);
@@ -1695,7 +1701,7 @@ mod tests {
         let dev = Device::Cpu;
         let w = Tensor::from_vec(uniform(3 * 352, 0.05, 3), (3, 352), &dev)?;
         let x = uniform(352, 1.0, 4);
-        let act = Activations::quantize(&x, 1, 352);
+        let act = Activations::quantize(&x, 1, 352, true);
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
             let bm = BlockMatrix::from_qtensor("w", &QTensor::quantize(&w, dtype)?)?;
             for r in 0..3 {
