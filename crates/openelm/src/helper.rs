@@ -156,7 +156,8 @@ impl DecodeHelpers {
         let act = Arc::new(act);
         let rows = y.len();
         let parts = self.lanes.len() + 1;
-        let bound = |p: usize| p * rows / parts;
+        // Shares start on tile boundaries (see `BlockMatrix::share_start`).
+        let bound = |p: usize| w.share_start(p, parts).min(rows);
         // Post every share first, so that the helpers start while the caller works.
         let mut posted = vec![false; self.lanes.len()];
         for (i, (lane, posted)) in self.lanes.iter().zip(posted.iter_mut()).enumerate() {

@@ -708,9 +708,9 @@ impl Model {
     /// the logits of every position, `[B, S, vocab]` in f32. `offset` must equal
     /// [`seq_len`](Model::seq_len).
     pub fn forward(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
-        on_pool(|| {
-            let h = self.hidden(ids, offset)?;
-            self.logits(&h)
+        on_pool(|| match self.hidden(ids, offset)? {
+            Step::Logits(l) => Ok(l),
+            Step::Hidden(h) => self.logits(&h),
         })
     }
 
@@ -718,10 +718,14 @@ impl Model {
     /// `[B, vocab]` in f32, which is all generation needs.
     pub fn forward_last(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
         on_pool(|| {
-            let h = self.hidden(ids, offset)?;
-            let s = h.dim(1)?;
-            let h = h.narrow(1, s - 1, 1)?;
-            Ok(self.logits(&h)?.squeeze(1)?)
+            let logits = match self.hidden(ids, offset)? {
+                Step::Logits(l) => l,
+                Step::Hidden(h) => {
+                    let s = h.dim(1)?;
+                    self.logits(&h.narrow(1, s - 1, 1)?)?
+                }
+            };
+            Ok(logits.squeeze(1)?)
         })
     }
 
@@ -742,7 +746,11 @@ impl Model {
         Ok(logits)
     }
 
-    fn hidden(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
+    /// The hidden states of `ids` after the last layer (before the final norm); with one
+    /// position on the host path and a block-quantized output projection, the logits
+    /// instead, computed in the same decode step (one set of helper threads for the layers
+    /// and the output projection).
+    fn hidden(&mut self, ids: &Tensor, offset: usize) -> Result<Step> {
         let ids = match ids.rank() {
             1 => ids.unsqueeze(0)?,
             2 => ids.clone(),
@@ -793,28 +801,40 @@ impl Model {
         // One position in f32 on the CPU: the host-vector path, no tensor ops between the
         // matrix products.
         let on_host = s == 1 && self.dtype == DType::F32 && self.device.is_cpu();
-        let result = (|| -> Result<Tensor> {
+        let result = (|| -> Result<Step> {
             if on_host {
                 let mut hv = h.flatten_all()?.to_vec1::<f32>()?;
+                let logits_here = matches!(self.lm_head, Linear::Blocks(_));
+                let (layers, rope, lm_head) = (&mut self.layers, &self.rope, &self.lm_head);
+                let (norm, eps) = (&self.norm_f32, self.config.rms_norm_eps as f32);
                 // The pool's other threads serve a share of every matrix product for the
-                // whole step (see `helper`).
-                let (layers, rope) = (&mut self.layers, &self.rope);
-                let done = DecodeHelpers::with(|helpers| {
-                    layers
-                        .iter_mut()
-                        .try_for_each(|layer| layer.decode(&mut hv, b, rope, offset, helpers))
+                // whole step (see `helper`), the output projection's included.
+                let logits = DecodeHelpers::with(|helpers| -> Result<Option<Vec<f32>>> {
+                    for layer in layers.iter_mut() {
+                        layer.decode(&mut hv, b, rope, offset, helpers)?;
+                    }
+                    if !logits_here {
+                        return Ok(None);
+                    }
+                    let x = crate::decode::rms_norm(&hv, norm, eps);
+                    Ok(Some(lm_head.forward_rows(x, b, Some(helpers))?))
+                })?;
+                return Ok(match logits {
+                    Some(y) => {
+                        let vocab = y.len() / b.max(1);
+                        Step::Logits(Tensor::from_vec(y, (b, 1, vocab), &self.device)?)
+                    }
+                    None => Step::Hidden(Tensor::from_vec(
+                        hv,
+                        (b, 1, self.config.model_dim),
+                        &self.device,
+                    )?),
                 });
-                done?;
-                return Ok(Tensor::from_vec(
-                    hv,
-                    (b, 1, self.config.model_dim),
-                    &self.device,
-                )?);
             }
             for layer in &mut self.layers {
                 h = layer.forward(&h, &self.rope, offset, mask.as_ref())?;
             }
-            Ok(h)
+            Ok(Step::Hidden(h))
         })();
         match result {
             Ok(h) => {
@@ -845,6 +865,12 @@ impl Model {
         let h = candle_nn::ops::rms_norm(h, &self.norm, eps)?;
         Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
     }
+}
+
+/// What [`Model::hidden`] computed: the last layer's hidden states, or the logits already.
+enum Step {
+    Hidden(Tensor),
+    Logits(Tensor),
 }
 
 /// Runs a forward pass on one of rayon's worker threads. The block kernels split every

@@ -11,8 +11,14 @@
 //! The crate is built for baseline x86-64 (SSE2), where LLVM cannot use the 8-bit
 //! multiply-adds these dot products need, so on x86-64 the inner loop is written with AVX2
 //! intrinsics in the `x86` submodule and chosen at run time when the CPU has AVX2, FMA and
-//! F16C; that submodule and its two call sites are the only `unsafe` code here. Elsewhere
+//! F16C; that submodule and its call sites are the only `unsafe` code here. Elsewhere
 //! (and as the reference in tests) a portable Rust loop does the same arithmetic.
+//!
+//! With AVX-512 (F, BW and VNNI) the decode kernels take four weight rows per call, and the
+//! matrices are stored for them in tiles of four rows, group by group (see
+//! [`tile_in_place`]), so that a tile still streams from memory as one run; kernels that
+//! read a row at a time (the prompt's, the embedding lookup) copy their rows out of the
+//! tiles first.
 
 use std::sync::Arc;
 
@@ -61,17 +67,140 @@ enum Quants {
 
 /// A `[rows, cols]` matrix of Q8_0 or Q4_0 blocks, in the byte layout GGUF stores (an f16
 /// scale per 32 values), split into a scale array and a value array so that the kernels read
-/// each as one stream.
+/// each as one stream; with AVX-512, runs of four rows are tiled for the decode kernels.
 #[derive(Debug)]
 pub struct BlockMatrix {
     rows: usize,
     cols: usize,
-    /// f16 bits of each block's scale, row-major (`rows * cols / 32`).
+    /// f16 bits of each block's scale (`rows * cols / 32`), in the order of `quants`.
     scales: Vec<u16>,
     quants: Quants,
+    /// Whether runs of [`TILE`] rows are stored tiled (see [`tile_in_place`]) for the
+    /// AVX-512 decode kernels, which read four rows as one stream. Rows after the last
+    /// whole run are row-major, where they would be anyway.
+    tiled: bool,
+}
+
+/// Rows per tile of a tiled [`BlockMatrix`].
+const TILE: usize = 4;
+
+/// Blocks per group: what the AVX-512 kernels take per step.
+const GROUP: usize = 8;
+
+/// Re-lays `v`, rows of `nb` blocks of `unit` elements (values or scales) stored row after
+/// row, so that in each run of [`TILE`] rows the rows' first groups of [`GROUP`] blocks come
+/// one after the other, then their second groups, and so on, then the rows' leftover blocks
+/// (`nb % GROUP`) row after row. A run keeps its place and size, so rows after the last
+/// whole run, and every run's offset, are as in the row-major order. In place, a run at a
+/// time.
+fn tile_in_place<T: Copy + Default>(v: &mut [T], rows: usize, nb: usize, unit: usize) {
+    let row_len = nb * unit;
+    let (groups, g_len) = (nb / GROUP, GROUP * unit);
+    let mut run = vec![T::default(); TILE * row_len];
+    for tile in v.chunks_exact_mut(TILE * row_len).take(rows / TILE) {
+        run.copy_from_slice(tile);
+        let mut at = 0;
+        for g in 0..groups {
+            for k in 0..TILE {
+                let s = k * row_len + g * g_len;
+                tile[at..at + g_len].copy_from_slice(&run[s..s + g_len]);
+                at += g_len;
+            }
+        }
+        for k in 0..TILE {
+            let s = k * row_len + groups * g_len;
+            let n = row_len - groups * g_len;
+            tile[at..at + n].copy_from_slice(&run[s..s + n]);
+            at += n;
+        }
+    }
+}
+
+/// Rows `first..first + n` of `v` (laid out by [`tile_in_place`] when `tiled`) in row-major
+/// order.
+fn untile_rows<T: Copy>(
+    v: &[T],
+    (first, n): (usize, usize),
+    (rows, nb, unit): (usize, usize, usize),
+    tiled: bool,
+) -> Vec<T> {
+    let row_len = nb * unit;
+    let (groups, g_len) = (nb / GROUP, GROUP * unit);
+    let tiled_rows = if tiled { rows / TILE * TILE } else { 0 };
+    let mut out = Vec::with_capacity(n * row_len);
+    for r in first..first + n {
+        if r >= tiled_rows {
+            out.extend_from_slice(&v[r * row_len..(r + 1) * row_len]);
+            continue;
+        }
+        let (base, k) = (r / TILE * TILE * row_len, r % TILE);
+        for g in 0..groups {
+            let s = base + (g * TILE + k) * g_len;
+            out.extend_from_slice(&v[s..s + g_len]);
+        }
+        let left = row_len - groups * g_len;
+        let s = base + TILE * groups * g_len + k * left;
+        out.extend_from_slice(&v[s..s + left]);
+    }
+    out
+}
+
+/// One weight row as the AVX-512 prompt kernels read it, tiled or not: its whole groups of
+/// [`GROUP`] blocks, then its leftover blocks.
+#[derive(Debug, Clone, Copy)]
+struct RowGroups<'a, T> {
+    /// Whether the row is in a tile, where its groups lie [`TILE`] groups apart.
+    tiled: bool,
+    /// From the row's first group on: group `g` starts `g` groups on (`g * TILE` in a tile).
+    values: &'a [T],
+    /// From the row's first group's scales on, in the same order.
+    scales: &'a [u16],
+    /// The blocks after the last whole group, and their scales.
+    tail: &'a [T],
+    tail_scales: &'a [u16],
 }
 
 impl BlockMatrix {
+    /// Row `r` of `v` (this matrix's values, `unit` elements per block) as [`RowGroups`].
+    fn row_groups<'a, T>(&'a self, v: &'a [T], unit: usize, r: usize) -> RowGroups<'a, T> {
+        let nb = self.cols / BLOCK;
+        let (groups, left, g_len) = (nb / GROUP, nb % GROUP, GROUP * unit);
+        // Where the row's groups, and its leftover blocks, start in `v` and in the scales,
+        // and the step from one of its groups to the next.
+        let (at, tail_at, stride, s_at, s_tail_at, s_stride) = if r < self.tiled_rows() {
+            let (k, base, s_base) = (r % TILE, r / TILE * TILE * nb * unit, r / TILE * TILE * nb);
+            (
+                base + k * g_len,
+                base + TILE * groups * g_len + k * left * unit,
+                TILE * g_len,
+                s_base + k * GROUP,
+                s_base + TILE * groups * GROUP + k * left,
+                TILE * GROUP,
+            )
+        } else {
+            let (base, s_base) = (r * nb * unit, r * nb);
+            (
+                base,
+                base + groups * g_len,
+                g_len,
+                s_base,
+                s_base + groups * GROUP,
+                GROUP,
+            )
+        };
+        // The span that covers the row's groups (group `g` at `g * stride`).
+        let span = |start: usize, step: usize, len: usize| {
+            start..start + groups.saturating_sub(1) * step + if groups > 0 { len } else { 0 }
+        };
+        RowGroups {
+            tiled: r < self.tiled_rows(),
+            values: v.get(span(at, stride, g_len)).unwrap_or(&[]),
+            scales: self.scales.get(span(s_at, s_stride, GROUP)).unwrap_or(&[]),
+            tail: v.get(tail_at..tail_at + left * unit).unwrap_or(&[]),
+            tail_scales: self.scales.get(s_tail_at..s_tail_at + left).unwrap_or(&[]),
+        }
+    }
+
     /// Whether [`from_qtensor`](Self::from_qtensor) takes tensors of this type.
     pub fn supports(dtype: GgmlDType) -> bool {
         matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q4_0)
@@ -79,6 +208,12 @@ impl BlockMatrix {
 
     /// Repacks a 2-D Q8_0 or Q4_0 tensor (CPU). `name` is for errors.
     pub fn from_qtensor(name: &str, q: &QTensor) -> Result<Self> {
+        Self::repack(name, q, avx512())
+    }
+
+    /// [`from_qtensor`](Self::from_qtensor), with Q4_0 tiled for the AVX-512 decode kernel
+    /// or not.
+    fn repack(name: &str, q: &QTensor, tiled: bool) -> Result<Self> {
         let bad = |detail: String| Error::Quantization {
             name: name.to_string(),
             dtype: format!("{:?}", q.dtype()),
@@ -141,12 +276,58 @@ impl BlockMatrix {
                 Quants::Q4(v)
             }
         };
-        Ok(Self {
+        let mut m = Self {
             rows,
             cols,
             scales,
             quants,
-        })
+            tiled: false,
+        };
+        // Only Q4_0 has a tile kernel (Q8_0 rows, twice as long, decode as fast one by one).
+        if let (true, Quants::Q4(v)) = (tiled, &mut m.quants) {
+            let nb = cols / BLOCK;
+            tile_in_place(v, rows, nb, BLOCK / 2);
+            tile_in_place(&mut m.scales, rows, nb, 1);
+            m.tiled = true;
+        }
+        Ok(m)
+    }
+
+    /// Rows stored in tiles: the whole runs of [`TILE`] rows, when tiled.
+    fn tiled_rows(&self) -> usize {
+        if self.tiled {
+            self.rows / TILE * TILE
+        } else {
+            0
+        }
+    }
+
+    /// Rows `first..first + n` as a row-major matrix of their own (for the kernels that read
+    /// a row at a time).
+    fn untiled(&self, first: usize, n: usize) -> Self {
+        let nb = self.cols / BLOCK;
+        let shape = |unit| (self.rows, nb, unit);
+        Self {
+            rows: n,
+            cols: self.cols,
+            scales: untile_rows(&self.scales, (first, n), shape(1), self.tiled),
+            quants: match &self.quants {
+                Quants::Q8(v) => Quants::Q8(untile_rows(v, (first, n), shape(BLOCK), self.tiled)),
+                Quants::Q4(v) => {
+                    Quants::Q4(untile_rows(v, (first, n), shape(BLOCK / 2), self.tiled))
+                }
+            },
+            tiled: false,
+        }
+    }
+
+    /// Where share `p` of `parts` of the rows starts (`p == parts`: the end), on a tile
+    /// boundary, so that each share of a decode step runs whole tiles.
+    pub(crate) fn share_start(&self, p: usize, parts: usize) -> usize {
+        if p >= parts {
+            return self.rows;
+        }
+        (p * self.rows / parts.max(1)) / TILE * TILE
     }
 
     /// Whether the values are Q4_0 (whose AVX-512 kernels read activations re-laid out).
@@ -189,6 +370,10 @@ impl BlockMatrix {
 
     /// Row `r` dequantized into `out` (`cols` values): the embedding lookup.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        if r < self.tiled_rows() {
+            self.untiled(r, 1).dequantize_row(0, out);
+            return;
+        }
         let nb = self.cols / BLOCK;
         let scales = &self.scales[r * nb..(r + 1) * nb];
         match &self.quants {
@@ -223,7 +408,7 @@ impl BlockMatrix {
         let act = Activations::quantize(x, m, self.cols, self.is_q4());
         if m == 1 {
             // Decode: split the output rows into a few chunks per thread.
-            let chunk = chunk_rows(self.rows);
+            let chunk = chunk_rows(self.rows).next_multiple_of(TILE);
             y.par_chunks_mut(chunk)
                 .enumerate()
                 .for_each(|(c, ys)| rows(self, &act, c * chunk, ys, 1));
@@ -450,9 +635,15 @@ fn dot(
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: the kernel is compiled for AVX2, FMA and F16C, which `avx2()` found
-                // on this CPU.
+                // on this CPU (and the AVX-512 one for the features `avx512()` found).
                 #[allow(unsafe_code)]
-                return unsafe { x86::dot_q8(q, ws, x, xs) };
+                return unsafe {
+                    if avx512() {
+                        x86::dot_q8_512(q, ws, x, xs, xsum)
+                    } else {
+                        x86::dot_q8(q, ws, x, xs)
+                    }
+                };
             }
             let _ = avx2;
             dot_q8(q, ws, x, xs)
@@ -480,12 +671,42 @@ fn dot(
 /// Weight rows `first..first + ys.len() / m` against every activation row; `ys` holds the
 /// results row by row (`m` values per weight row).
 fn rows(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], m: usize) {
-    let avx2 = avx2();
-    let nb = w.cols / BLOCK;
+    let n = ys.len() / m.max(1);
+    if n == 0 {
+        return;
+    }
+    let tiled = first < w.tiled_rows();
+    #[cfg(target_arch = "x86_64")]
+    if tiled && m == 1 && avx512() && fours_decode(w, act) {
+        // Decode: the whole tiles in range a tile per kernel call, any other row on its
+        // own.
+        let end = first + n;
+        let t0 = first.next_multiple_of(TILE).min(end);
+        let t1 = (end.min(w.tiled_rows()) / TILE * TILE).max(t0);
+        // Rows of a tile cut by the range's ends, read row by row.
+        let mid = end.min(w.tiled_rows()).max(t1);
+        let (head, rest) = ys.split_at_mut(t0 - first);
+        let (tiles, rest) = rest.split_at_mut(t1 - t0);
+        let (part, after) = rest.split_at_mut(mid - t1);
+        for (i, out) in tiles.chunks_exact_mut(TILE).enumerate() {
+            out.copy_from_slice(&weight_rows4(w, act, t0 + TILE * i));
+        }
+        for (at, out) in [(first, head), (t1, part)] {
+            if !out.is_empty() {
+                rows(&w.untiled(at, out.len()), act, 0, out, 1);
+            }
+        }
+        // Rows after the last tile are stored row-major.
+        return rows(w, act, mid, after, 1);
+    }
     // Prefill: groups of four activation rows against every weight row of this band (the
     // band and the group stay in L1), each weight block loaded and unpacked once per group.
+    // The AVX-512 kernels read tiled rows in place; the others need them row-major.
     #[cfg(target_arch = "x86_64")]
-    let done = if avx2 && m >= 4 {
+    let done = if m >= 4 && avx512() && fours_decode(w, act) {
+        prompt_512(w, act, first, ys, m);
+        m / 4 * 4
+    } else if avx2() && m >= 4 && !tiled {
         for g in 0..m / 4 {
             for (i, out) in ys.chunks_exact_mut(m).enumerate() {
                 four_rows(w, act, first + i, g, &mut out[4 * g..4 * g + 4]);
@@ -497,6 +718,28 @@ fn rows(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], m: usi
     };
     #[cfg(not(target_arch = "x86_64"))]
     let done = 0;
+    if done == m {
+        return;
+    }
+    if tiled {
+        // The band in row-major order for the row-by-row loop (after the pass above it is
+        // in cache).
+        return rows_after(&w.untiled(first, n), act, 0, ys, m, done);
+    }
+    rows_after(w, act, first, ys, m, done);
+}
+
+/// The rest of [`rows`] for a row-major band: activation rows `done..m` one at a time.
+fn rows_after(
+    w: &BlockMatrix,
+    act: &Activations,
+    first: usize,
+    ys: &mut [f32],
+    m: usize,
+    done: usize,
+) {
+    let avx2 = avx2();
+    let nb = w.cols / BLOCK;
     for (i, out) in ys.chunks_exact_mut(m).enumerate() {
         let r = first + i;
         for (j, o) in out.iter_mut().enumerate().skip(done) {
@@ -512,13 +755,93 @@ fn rows(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], m: usi
     }
 }
 
+/// The prompt pass of [`rows`] for Q4_0 with the AVX-512 kernel: weight rows `first..`
+/// (tiled or not, read in place) against activation rows `0..m / 4 * 4`, four at a time.
+/// Each row's place and each group's activation slices are worked out once, not per kernel
+/// call. Only called when `avx512()` and [`fours_decode`] hold.
+#[cfg(target_arch = "x86_64")]
+fn prompt_512(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], m: usize) {
+    /// Rows `4g..4g + 4` of `v` (rows of `len`).
+    fn four<T>(v: &[T], g: usize, len: usize) -> [&[T]; 4] {
+        std::array::from_fn(|k| {
+            v.get((4 * g + k) * len..(4 * g + k + 1) * len)
+                .unwrap_or(&[])
+        })
+    }
+    let (cols, nb) = (w.cols, w.cols / BLOCK);
+    let n = ys.len() / m.max(1);
+    let Quants::Q4(q) = &w.quants else {
+        return;
+    };
+    // The band's rows are one run of memory in either layout: ask for all of it at once (a
+    // tiled row read on its own is a strided walk that the hardware prefetchers follow
+    // poorly).
+    x86::prefetch_all(w.scales.get(first * nb..(first + n) * nb).unwrap_or(&[]));
+    x86::prefetch_all(
+        q.get(first * cols / 2..(first + n) * cols / 2)
+            .unwrap_or(&[]),
+    );
+    let views: Vec<RowGroups<'_, u8>> = (first..first + n)
+        .map(|r| w.row_groups(q, BLOCK / 2, r))
+        .collect();
+    for g in 0..m / 4 {
+        let (xp, x) = (four(&act.q_paired, g, cols), four(&act.q, g, cols));
+        let (xs, xsum) = (four(&act.scales, g, nb), four(&act.sums, g, nb));
+        for (view, out) in views.iter().zip(ys.chunks_exact_mut(m)) {
+            // SAFETY: compiled for AVX-512 F, BW, VNNI, AVX2, FMA and F16C, which the caller
+            // checked with `avx512()`.
+            #[allow(unsafe_code)]
+            let y = unsafe {
+                if view.tiled {
+                    x86::dot4_q4_512::<TILE>(*view, xp, x, xs, xsum)
+                } else {
+                    x86::dot4_q4_512::<1>(*view, xp, x, xs, xsum)
+                }
+            };
+            out[4 * g..4 * g + 4].copy_from_slice(&y);
+        }
+    }
+}
+
+/// Whether the AVX-512 Q4_0 kernels ([`weight_rows4`], [`prompt_512`]) take this matrix
+/// and these activations: Q4_0 with the paired activations.
+#[cfg(target_arch = "x86_64")]
+fn fours_decode(w: &BlockMatrix, act: &Activations) -> bool {
+    matches!(w.quants, Quants::Q4(_)) && act.q_paired.len() == act.q.len()
+}
+
+/// The tile of weight rows `r..r + 4` against activation row 0. Only called when
+/// `avx512()` and [`fours_decode`] hold, with `r` a multiple of [`TILE`] and
+/// `r + 4 <= w.tiled_rows()`.
+#[cfg(target_arch = "x86_64")]
+fn weight_rows4(w: &BlockMatrix, act: &Activations, r: usize) -> [f32; 4] {
+    let (cols, nb) = (w.cols, w.cols / BLOCK);
+    let Quants::Q4(q) = &w.quants else {
+        return [0.0; 4];
+    };
+    // SAFETY: compiled for AVX-512 F, BW, VNNI, AVX2, FMA and F16C, which the caller checked
+    // with `avx512()`.
+    #[allow(unsafe_code)]
+    unsafe {
+        x86::rows4_q4_512(
+            &q[r * cols / 2..(r + 4) * cols / 2],
+            &w.scales[r * nb..(r + 4) * nb],
+            &act.q_paired[..cols],
+            &act.q[..cols],
+            &act.scales[..nb],
+            &act.sums[..nb],
+        )
+    }
+}
+
 /// Weight row `r` against activation rows `4g..4g + 4`, into `out` (4 values). Only called
-/// when `avx2()` holds.
+/// when `avx2()` holds, and for a row-major row (not in a tile); Q4_0 with AVX-512 goes
+/// through [`prompt_512`] instead.
 #[cfg(target_arch = "x86_64")]
 fn four_rows(w: &BlockMatrix, act: &Activations, r: usize, g: usize, out: &mut [f32]) {
     let cols = w.cols;
     let nb = cols / BLOCK;
-    let ws = &w.scales[r * nb..(r + 1) * nb];
+    let ws = w.scales.get(r * nb..(r + 1) * nb).unwrap_or(&[]);
     let x: [&[i8]; 4] = std::array::from_fn(|k| &act.q[(4 * g + k) * cols..(4 * g + k + 1) * cols]);
     let xs: [&[f32]; 4] =
         std::array::from_fn(|k| &act.scales[(4 * g + k) * nb..(4 * g + k + 1) * nb]);
@@ -528,7 +851,7 @@ fn four_rows(w: &BlockMatrix, act: &Activations, r: usize, g: usize, out: &mut [
         // SAFETY: compiled for AVX2, FMA and F16C, which the caller checked with `avx2()`.
         #[allow(unsafe_code)]
         Quants::Q8(q) => unsafe {
-            let wr = &q[r * cols..(r + 1) * cols];
+            let wr = q.get(r * cols..(r + 1) * cols).unwrap_or(&[]);
             if avx512() {
                 x86::dot4_q8_512(wr, ws, x, xs, xsum)
             } else {
@@ -538,17 +861,8 @@ fn four_rows(w: &BlockMatrix, act: &Activations, r: usize, g: usize, out: &mut [
         // SAFETY: as above.
         #[allow(unsafe_code)]
         Quants::Q4(q) => unsafe {
-            let wr = &q[r * cols / 2..(r + 1) * cols / 2];
-            let xp: [&[i8]; 4] = std::array::from_fn(|k| {
-                act.q_paired
-                    .get((4 * g + k) * cols..(4 * g + k + 1) * cols)
-                    .unwrap_or(&[])
-            });
-            if avx512() && xp.iter().all(|r| r.len() == cols) {
-                x86::dot4_q4_512(wr, ws, xp, x, xs, xsum)
-            } else {
-                x86::dot4_q4(wr, ws, x, xs, xsum)
-            }
+            let wr = q.get(r * cols / 2..(r + 1) * cols / 2).unwrap_or(&[]);
+            x86::dot4_q4(wr, ws, x, xs, xsum)
         },
     };
     out.copy_from_slice(&y);
@@ -629,6 +943,17 @@ mod x86 {
     /// (`examples/kernels.rs`). A prefetch past the end of the matrix is only a hint: the
     /// address is never read.
     const PREFETCH_AHEAD: usize = 6144;
+
+    /// Prefetch hints (into L1) for every 64-byte line of `v`: a prompt band's rows, which
+    /// the first group of activation rows then reads from cache, tiled or not.
+    pub(super) fn prefetch_all<T>(v: &[T]) {
+        let (at, bytes) = (v.as_ptr().cast::<u8>(), std::mem::size_of_val(v));
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: `prefetcht0` is a hint: it reads nothing architecturally and cannot
+            // fault; the address lies inside `v` in any case.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off).cast()) };
+        }
+    }
 
     /// Prefetch hints (into L1) for the 64-byte lines at `at + PREFETCH_AHEAD` bytes, for
     /// `lines` lines, and for the scale line `scales_at + scale_ahead` elements ahead.
@@ -1229,9 +1554,8 @@ mod x86 {
     /// activations read from `xp` (rows in the order of `Activations::q_paired`); the rest
     /// of the row goes to [`dot4_q4`] on `x`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn dot4_q4_512(
-        w: &[u8],
-        ws: &[u16],
+    pub(super) unsafe fn dot4_q4_512<const S: usize>(
+        w: super::RowGroups<'_, u8>,
         xp: [&[i8]; 4],
         x: [&[i8]; 4],
         xs: [&[f32]; 4],
@@ -1239,7 +1563,7 @@ mod x86 {
     ) -> [f32; 4] {
         // SAFETY: as for `dot_q4_512`.
         unsafe {
-            let nb = ws.len();
+            let nb = xs[0].len();
             let groups = nb / 8;
             // Four named accumulators, not an array: indexed ones were kept in memory.
             let (mut a0, mut a1, mut a2, mut a3) = (
@@ -1253,10 +1577,15 @@ mod x86 {
             let ia0 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
             let one = _mm512_set1_epi32(1);
             let four = _mm512_set1_epi32(4);
+            let (values, scales) = (w.values, w.scales);
             for g in 0..groups {
-                let (Ok(d8), Ok(wg)) = (
-                    <&[u16; 8]>::try_from(&ws[8 * g..8 * g + 8]),
-                    <&[u8; 4 * BLOCK]>::try_from(&w[4 * BLOCK * g..4 * BLOCK * (g + 1)]),
+                // Group `g` of the row is `S * g` groups on.
+                let (at, s_at) = (S * 4 * BLOCK * g, S * 8 * g);
+                let (Some(Ok(d8)), Some(Ok(wg))) = (
+                    scales.get(s_at..s_at + 8).map(<&[u16; 8]>::try_from),
+                    values
+                        .get(at..at + 4 * BLOCK)
+                        .map(<&[u8; 4 * BLOCK]>::try_from),
                 ) else {
                     continue;
                 };
@@ -1303,8 +1632,8 @@ mod x86 {
             let b = 8 * groups;
             let tail = if b < nb {
                 dot4_q4(
-                    &w[b * BLOCK / 2..],
-                    &ws[b..],
+                    w.tail,
+                    w.tail_scales,
                     x.map(|r| &r[b * BLOCK..]),
                     xs.map(|r| &r[b..]),
                     xsum.map(|r| &r[b..]),
@@ -1313,6 +1642,294 @@ mod x86 {
                 [0.0; 4]
             };
             std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]) - 8.0 * hsum(off8[k]) + tail[k])
+        }
+    }
+
+    /// The sums of `a0`..`a3` (16 lanes each) as one vector `[Σa0, Σa1, Σa2, Σa3]`: one
+    /// transposing reduction for four rows instead of four horizontal ones.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn reduce4_512(a0: __m512, a1: __m512, a2: __m512, a3: __m512) -> [f32; 4] {
+        // SAFETY: register arithmetic, and one 16-byte store into a 4-float array.
+        unsafe {
+            // Per 128-bit lane: [a0, a1, a0, a1] and [a2, a3, a2, a3] partial sums...
+            let t01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+            let t23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+            // ...then [a0, a1, a2, a3] per 128-bit lane...
+            let (d01, d23) = (_mm512_castps_pd(t01), _mm512_castps_pd(t23));
+            let u = _mm512_add_ps(
+                _mm512_castpd_ps(_mm512_unpacklo_pd(d01, d23)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(d01, d23)),
+            );
+            // ...and the four 128-bit lanes added.
+            let v = _mm256_add_ps(
+                _mm512_castps512_ps256(u),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(u))),
+            );
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let mut out = [0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), s);
+            out
+        }
+    }
+
+    /// One group of eight Q4_0 blocks (`wg`, scales `d8`) of one weight row against the
+    /// group's paired activations `xg` (scales times activation scales `x8`, block sums
+    /// `t8`): returns the accumulator and offset sum with this group added.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q4_group_512(
+        (acc, off): (__m512, __m256),
+        wg: &[u8; 4 * BLOCK],
+        d8: &[u16; 8],
+        xg: &[i8; 8 * BLOCK],
+        (x8, t8): (__m256, __m256),
+    ) -> (__m512, __m256) {
+        // SAFETY: loads of 64 and 16 bytes from checked arrays of those sizes; register
+        // arithmetic otherwise.
+        unsafe {
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
+            let s8 = _mm512_castps256_ps512(_mm256_mul_ps(dw, x8));
+            let off = _mm256_fmadd_ps(dw, t8, off);
+            let low = _mm512_set1_epi8(0x0F);
+            let mut acc = acc;
+            for h in 0..2 {
+                let Ok(wp) = <&[u8; 2 * BLOCK]>::try_from(&wg[64 * h..64 * h + 64]) else {
+                    continue;
+                };
+                let raw = _mm512_loadu_si512(wp.as_ptr().cast());
+                let lo = _mm512_and_si512(raw, low);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low);
+                let b = 4 * h as i32;
+                let ia = _mm512_setr_epi32(
+                    b,
+                    b,
+                    b,
+                    b,
+                    b,
+                    b,
+                    b,
+                    b,
+                    b + 2,
+                    b + 2,
+                    b + 2,
+                    b + 2,
+                    b + 2,
+                    b + 2,
+                    b + 2,
+                    b + 2,
+                );
+                let ib = _mm512_add_epi32(ia, _mm512_set1_epi32(1));
+                acc = q4_run_512(acc, lo, hi, xg, h, (ia, ib), s8);
+            }
+            (acc, off)
+        }
+    }
+
+    /// A tile of four Q4_0 weight rows (`w`: its values, `ws`: its scales, in the order of
+    /// [`super::tile_in_place`]) against one activation row: the decode kernel for Q4_0 with
+    /// AVX-512. The tile is read as one stream; the call, the loop and the final reduction
+    /// are paid once per four rows (a 1280-wide row is only five groups). Whole groups of
+    /// eight blocks here, each row's leftover blocks on [`dot_q4`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn rows4_q4_512(
+        w: &[u8],
+        ws: &[u16],
+        xp: &[i8],
+        x: &[i8],
+        xs: &[f32],
+        xsum: &[f32],
+    ) -> [f32; 4] {
+        // SAFETY: as for `dot_q4_512`.
+        unsafe {
+            let nb = xs.len();
+            let (groups, left) = (nb / 8, nb % 8);
+            if w.len() < 4 * nb * BLOCK / 2 || ws.len() < 4 * nb || xsum.len() < nb {
+                return [0.0; 4];
+            }
+            let zero = (_mm512_setzero_ps(), _mm256_setzero_ps());
+            let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+            for g in 0..groups {
+                let sr = 8 * g..8 * g + 8;
+                // Written out: closures are not inlined into a function with other target
+                // features.
+                let (Ok(xg), Ok(x8), Ok(t8), Ok(run), Ok(d32)) = (
+                    <&[i8; 8 * BLOCK]>::try_from(&xp[8 * BLOCK * g..8 * BLOCK * (g + 1)]),
+                    <&[f32; 8]>::try_from(&xs[sr.clone()]),
+                    <&[f32; 8]>::try_from(&xsum[sr]),
+                    <&[u8; 16 * BLOCK]>::try_from(&w[16 * BLOCK * g..16 * BLOCK * (g + 1)]),
+                    <&[u16; 32]>::try_from(&ws[32 * g..32 * g + 32]),
+                ) else {
+                    continue;
+                };
+                prefetch_ahead(run.as_ptr(), 8, d32.as_ptr(), PREFETCH_AHEAD / 16);
+                let (Ok(g0), Ok(g1), Ok(g2), Ok(g3)) = (
+                    <&[u8; 4 * BLOCK]>::try_from(&run[..128]),
+                    <&[u8; 4 * BLOCK]>::try_from(&run[128..256]),
+                    <&[u8; 4 * BLOCK]>::try_from(&run[256..384]),
+                    <&[u8; 4 * BLOCK]>::try_from(&run[384..]),
+                ) else {
+                    continue;
+                };
+                let (Ok(d0), Ok(d1), Ok(d2), Ok(d3)) = (
+                    <&[u16; 8]>::try_from(&d32[..8]),
+                    <&[u16; 8]>::try_from(&d32[8..16]),
+                    <&[u16; 8]>::try_from(&d32[16..24]),
+                    <&[u16; 8]>::try_from(&d32[24..]),
+                ) else {
+                    continue;
+                };
+                let xv = (_mm256_loadu_ps(x8.as_ptr()), _mm256_loadu_ps(t8.as_ptr()));
+                a0 = q4_group_512(a0, g0, d0, xg, xv);
+                a1 = q4_group_512(a1, g1, d1, xg, xv);
+                a2 = q4_group_512(a2, g2, d2, xg, xv);
+                a3 = q4_group_512(a3, g3, d3, xg, xv);
+            }
+            // The offset term (-8 per value) goes into the low half of each accumulator.
+            let m8 = _mm256_set1_ps(-8.0);
+            let sums = reduce4_512(
+                _mm512_add_ps(a0.0, _mm512_zextps256_ps512(_mm256_mul_ps(a0.1, m8))),
+                _mm512_add_ps(a1.0, _mm512_zextps256_ps512(_mm256_mul_ps(a1.1, m8))),
+                _mm512_add_ps(a2.0, _mm512_zextps256_ps512(_mm256_mul_ps(a2.1, m8))),
+                _mm512_add_ps(a3.0, _mm512_zextps256_ps512(_mm256_mul_ps(a3.1, m8))),
+            );
+            if left == 0 {
+                return sums;
+            }
+            // Each row's leftover blocks, row after row after the groups.
+            let b = 8 * groups;
+            let (vb, sb, vl) = (4 * b * BLOCK / 2, 4 * b, left * BLOCK / 2);
+            let (xt, xst, xut) = (&x[b * BLOCK..], &xs[b..], &xsum[b..]);
+            let tail = [
+                dot_q4(&w[vb..vb + vl], &ws[sb..sb + left], xt, xst, xut),
+                dot_q4(
+                    &w[vb + vl..vb + 2 * vl],
+                    &ws[sb + left..sb + 2 * left],
+                    xt,
+                    xst,
+                    xut,
+                ),
+                dot_q4(
+                    &w[vb + 2 * vl..vb + 3 * vl],
+                    &ws[sb + 2 * left..sb + 3 * left],
+                    xt,
+                    xst,
+                    xut,
+                ),
+                dot_q4(
+                    &w[vb + 3 * vl..vb + 4 * vl],
+                    &ws[sb + 3 * left..sb + 4 * left],
+                    xt,
+                    xst,
+                    xut,
+                ),
+            ];
+            std::array::from_fn(|k| sums[k] + tail[k])
+        }
+    }
+
+    /// One group of eight Q8_0 blocks (`wg`, scales `d8`) of one weight row against the
+    /// activation group `xg` (scales `x8`, scaled block sums `t8`): returns the accumulator
+    /// and offset sum with this group added. The weights are made unsigned by flipping their
+    /// sign bit, as in [`q8_two_512`]; the caller subtracts `128 * offset`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q8_group_512(
+        (acc, off): (__m512, __m256),
+        wg: &[i8; 8 * BLOCK],
+        d8: &[u16; 8],
+        xg: &[i8; 8 * BLOCK],
+        (x8, t8): (__m256, __m256),
+    ) -> (__m512, __m256) {
+        // SAFETY: loads of 64 and 16 bytes from checked arrays of those sizes; register
+        // arithmetic otherwise.
+        unsafe {
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
+            let s8 = _mm512_castps256_ps512(_mm256_mul_ps(dw, x8));
+            let off = _mm256_fmadd_ps(dw, t8, off);
+            let flip = _mm512_set1_epi8(-128);
+            let mut acc = acc;
+            for j in 0..4 {
+                let run = 2 * BLOCK * j..2 * BLOCK * (j + 1);
+                let (Ok(wp), Ok(xr)) = (
+                    <&[i8; 2 * BLOCK]>::try_from(&wg[run.clone()]),
+                    <&[i8; 2 * BLOCK]>::try_from(&xg[run]),
+                ) else {
+                    continue;
+                };
+                let wu = _mm512_xor_si512(_mm512_loadu_si512(wp.as_ptr().cast()), flip);
+                let b = 2 * j as i32;
+                let idx = _mm512_setr_epi32(
+                    b,
+                    b,
+                    b,
+                    b,
+                    b,
+                    b,
+                    b,
+                    b,
+                    b + 1,
+                    b + 1,
+                    b + 1,
+                    b + 1,
+                    b + 1,
+                    b + 1,
+                    b + 1,
+                    b + 1,
+                );
+                acc = q8_two_512(acc, wu, xr, idx, s8);
+            }
+            (acc, off)
+        }
+    }
+
+    /// [`dot_q8`] with 512-bit vectors and `vpdpbusd` for whole groups of eight blocks (the
+    /// rest of the row goes to [`dot_q8`]); `xsum` holds the activation block sums for the
+    /// `+ 128` offset of the weights.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q8_512(
+        w: &[i8],
+        ws: &[u16],
+        x: &[i8],
+        xs: &[f32],
+        xsum: &[f32],
+    ) -> f32 {
+        // SAFETY: as for `dot_q4_512`.
+        unsafe {
+            let nb = ws.len();
+            let groups = nb / 8;
+            let mut acc = (_mm512_setzero_ps(), _mm256_setzero_ps());
+            let steps = w
+                .chunks_exact(8 * BLOCK)
+                .zip(x.chunks_exact(8 * BLOCK))
+                .zip(
+                    ws.chunks_exact(8)
+                        .zip(xs.chunks_exact(8).zip(xsum.chunks_exact(8))),
+                )
+                .take(groups);
+            for ((wg, xg), (d8, (x8, t8))) in steps {
+                let (Ok(wg), Ok(xg), Ok(d8), Ok(x8), Ok(t8)) = (
+                    <&[i8; 8 * BLOCK]>::try_from(wg),
+                    <&[i8; 8 * BLOCK]>::try_from(xg),
+                    <&[u16; 8]>::try_from(d8),
+                    <&[f32; 8]>::try_from(x8),
+                    <&[f32; 8]>::try_from(t8),
+                ) else {
+                    continue;
+                };
+                // 256 bytes of values (four lines) per group; a scale per 32 bytes of them.
+                prefetch_ahead(wg.as_ptr().cast(), 4, d8.as_ptr(), PREFETCH_AHEAD / 32);
+                let xv = (_mm256_loadu_ps(x8.as_ptr()), _mm256_loadu_ps(t8.as_ptr()));
+                acc = q8_group_512(acc, wg, d8, xg, xv);
+            }
+            let head = _mm512_reduce_add_ps(acc.0) - 128.0 * hsum(acc.1);
+            let b = 8 * groups;
+            let tail = if b < nb {
+                dot_q8(&w[b * BLOCK..], &ws[b..], &x[b * BLOCK..], &xs[b..])
+            } else {
+                0.0
+            };
+            head + tail
         }
     }
 
@@ -1518,22 +2135,31 @@ mod tests {
         // odd and even block counts.
         for cols in [32, 64, 96, 256, 288, 352, 1280] {
             let nb = cols / BLOCK;
-            let w = Tensor::from_vec(uniform(3 * cols, 0.05, 7), (3, cols), &dev)?;
-            let bm = BlockMatrix::from_qtensor("w", &QTensor::quantize(&w, GgmlDType::Q4_0)?)?;
+            // Nine rows: two tiles for the AVX-512 decode kernel and a row after them.
+            let n = 9;
+            let w = Tensor::from_vec(uniform(n * cols, 0.05, 7), (n, cols), &dev)?;
+            let q = QTensor::quantize(&w, GgmlDType::Q4_0)?;
+            let (bm, tiled) = (
+                BlockMatrix::repack("w", &q, false)?,
+                BlockMatrix::repack("w", &q, true)?,
+            );
             let m = 5;
             let x = uniform(m * cols, 1.0, 8);
             let act = Activations::quantize(&x, m, cols, true);
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
             // The prompt path (four activation rows at a time, then one) and the decode path.
-            let mut y = vec![0f32; m * 3];
-            bm.matmul(&x, m, &mut y);
-            for j in 0..m {
-                let mut y1 = vec![0f32; 3];
-                bm.matmul(&x[j * cols..(j + 1) * cols], 1, &mut y1);
-                for r in 0..3 {
-                    let want = portable(&bm, &act, r, j);
-                    assert!(close(y[j * 3 + r], want), "cols {cols} prompt ({j}, {r})");
-                    assert!(close(y1[r], want), "cols {cols} decode ({j}, {r})");
+            for (layout, w) in [("row-major", &bm), ("tiled", &tiled)] {
+                let mut y = vec![0f32; m * n];
+                w.matmul(&x, m, &mut y);
+                for j in 0..m {
+                    let mut y1 = vec![0f32; n];
+                    w.matmul(&x[j * cols..(j + 1) * cols], 1, &mut y1);
+                    for r in 0..n {
+                        let want = portable(&bm, &act, r, j);
+                        let at = format!("cols {cols} {layout} ({j}, {r})");
+                        assert!(close(y[j * n + r], want), "prompt {at}");
+                        assert!(close(y1[r], want), "decode {at}");
+                    }
                 }
             }
             // Each x86 kernel on its own, whichever the dispatch would pick.
@@ -1547,7 +2173,7 @@ mod tests {
                 let xq: [&[i8]; 4] = std::array::from_fn(|j| &act.q[j * cols..(j + 1) * cols]);
                 let xs: [&[f32]; 4] = std::array::from_fn(|j| &act.scales[j * nb..(j + 1) * nb]);
                 let xt: [&[f32]; 4] = std::array::from_fn(|j| &act.sums[j * nb..(j + 1) * nb]);
-                for r in 0..3 {
+                for r in 0..n {
                     let want: [f32; 4] = std::array::from_fn(|j| portable(&bm, &act, r, j));
                     // SAFETY: AVX2, FMA and F16C were found above.
                     #[allow(unsafe_code)]
@@ -1566,15 +2192,54 @@ mod tests {
                             std::array::from_fn(|j| &act.q_paired[j * cols..(j + 1) * cols]);
                         // SAFETY: AVX-512 F, BW and VNNI were found by `avx512()`.
                         #[allow(unsafe_code)]
-                        let (one, four) = unsafe {
-                            (
-                                x86::dot_q4_512(row(r), ws(r), xp[0], xq[0], xs[0], xt[0]),
-                                x86::dot4_q4_512(row(r), ws(r), xp, xq, xs, xt),
+                        let one =
+                            unsafe { x86::dot_q4_512(row(r), ws(r), xp[0], xq[0], xs[0], xt[0]) };
+                        assert!(close(one, want[0]), "cols {cols} AVX-512 row {r}");
+                        // The prompt kernel reads rows in place, row-major or tiled.
+                        for (layout, m) in [("row-major", &bm), ("tiled", &tiled)] {
+                            let Quants::Q4(q) = &m.quants else {
+                                return Err(Error::InvalidArgument("expected Q4 blocks".into()));
+                            };
+                            // SAFETY: as above.
+                            #[allow(unsafe_code)]
+                            let four = unsafe {
+                                {
+                                    let v = m.row_groups(q, BLOCK / 2, r);
+                                    if v.tiled {
+                                        x86::dot4_q4_512::<TILE>(v, xp, xq, xs, xt)
+                                    } else {
+                                        x86::dot4_q4_512::<1>(v, xp, xq, xs, xt)
+                                    }
+                                }
+                            };
+                            for j in 0..4 {
+                                let at = format!("cols {cols} {layout} ({j}, {r})");
+                                assert!(close(four[j], want[j]), "AVX-512 x4 {at}");
+                            }
+                        }
+                    }
+                }
+                // Each tile of four weight rows against activation row 0.
+                let Quants::Q4(q) = &tiled.quants else {
+                    return Err(Error::InvalidArgument("expected Q4 blocks".into()));
+                };
+                if avx512() {
+                    for r in [0, 4] {
+                        // SAFETY: AVX-512 F, BW and VNNI were found by `avx512()`.
+                        #[allow(unsafe_code)]
+                        let four = unsafe {
+                            x86::rows4_q4_512(
+                                &q[r * cols / 2..(r + 4) * cols / 2],
+                                &tiled.scales[r * nb..(r + 4) * nb],
+                                &act.q_paired[..cols],
+                                xq[0],
+                                xs[0],
+                                xt[0],
                             )
                         };
-                        assert!(close(one, want[0]), "cols {cols} AVX-512 row {r}");
-                        for j in 0..4 {
-                            assert!(close(four[j], want[j]), "cols {cols} AVX-512 x4 ({j}, {r})");
+                        for (k, &got) in four.iter().enumerate() {
+                            let want = portable(&bm, &act, r + k, 0);
+                            assert!(close(got, want), "cols {cols} AVX-512 rows x4 ({r}+{k})");
                         }
                     }
                 }
@@ -1584,24 +2249,37 @@ mod tests {
     }
 
     #[test]
-    fn every_q8_0_prompt_kernel_gives_the_portable_products() -> Result<()> {
+    fn every_q8_0_kernel_gives_the_portable_products() -> Result<()> {
         let dev = Device::Cpu;
         for cols in [32, 64, 256, 288, 352, 1280] {
             let nb = cols / BLOCK;
             // Weights out to both ends of the i8 range, where the +128 offset of the AVX-512
             // kernel matters.
-            let w = Tensor::from_vec(uniform(3 * cols, 0.05, 9), (3, cols), &dev)?;
-            let bm = BlockMatrix::from_qtensor("w", &QTensor::quantize(&w, GgmlDType::Q8_0)?)?;
+            // Nine rows (Q8_0 is never tiled: asking for it keeps the rows row-major).
+            let n = 9;
+            let w = Tensor::from_vec(uniform(n * cols, 0.05, 9), (n, cols), &dev)?;
+            let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+            let (bm, tiled) = (
+                BlockMatrix::repack("w", &q, false)?,
+                BlockMatrix::repack("w", &q, true)?,
+            );
+            assert!(!tiled.tiled);
             let m = 5;
             let x = uniform(m * cols, 1.0, 10);
             let act = Activations::quantize(&x, m, cols, false);
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
-            let mut y = vec![0f32; m * 3];
-            bm.matmul(&x, m, &mut y);
-            for j in 0..m {
-                for r in 0..3 {
-                    let want = portable(&bm, &act, r, j);
-                    assert!(close(y[j * 3 + r], want), "cols {cols} prompt ({j}, {r})");
+            for (layout, w) in [("row-major", &bm), ("tiled", &tiled)] {
+                let mut y = vec![0f32; m * n];
+                w.matmul(&x, m, &mut y);
+                for j in 0..m {
+                    let mut y1 = vec![0f32; n];
+                    w.matmul(&x[j * cols..(j + 1) * cols], 1, &mut y1);
+                    for r in 0..n {
+                        let want = portable(&bm, &act, r, j);
+                        let at = format!("cols {cols} {layout} ({j}, {r})");
+                        assert!(close(y[j * n + r], want), "prompt {at}");
+                        assert!(close(y1[r], want), "decode {at}");
+                    }
                 }
             }
             #[cfg(target_arch = "x86_64")]
@@ -1612,7 +2290,7 @@ mod tests {
                 let xq: [&[i8]; 4] = std::array::from_fn(|j| &act.q[j * cols..(j + 1) * cols]);
                 let xs: [&[f32]; 4] = std::array::from_fn(|j| &act.scales[j * nb..(j + 1) * nb]);
                 let xt: [&[f32]; 4] = std::array::from_fn(|j| &act.sums[j * nb..(j + 1) * nb]);
-                for r in 0..3 {
+                for r in 0..n {
                     let (wr, ws) = (
                         &q[r * cols..(r + 1) * cols],
                         &bm.scales[r * nb..(r + 1) * nb],
@@ -1627,7 +2305,13 @@ mod tests {
                     if avx512() {
                         // SAFETY: AVX-512 F, BW and VNNI were found by `avx512()`.
                         #[allow(unsafe_code)]
-                        let four = unsafe { x86::dot4_q8_512(wr, ws, xq, xs, xt) };
+                        let (one, four) = unsafe {
+                            (
+                                x86::dot_q8_512(wr, ws, xq[0], xs[0], xt[0]),
+                                x86::dot4_q8_512(wr, ws, xq, xs, xt),
+                            )
+                        };
+                        assert!(close(one, want[0]), "cols {cols} AVX-512 row {r}");
                         for j in 0..4 {
                             assert!(close(four[j], want[j]), "cols {cols} AVX-512 x4 ({j}, {r})");
                         }
@@ -1703,7 +2387,7 @@ mod tests {
         let x = uniform(352, 1.0, 4);
         let act = Activations::quantize(&x, 1, 352, true);
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
-            let bm = BlockMatrix::from_qtensor("w", &QTensor::quantize(&w, dtype)?)?;
+            let bm = BlockMatrix::repack("w", &QTensor::quantize(&w, dtype)?, false)?;
             for r in 0..3 {
                 let x = (&act.q[..], &act.q_paired[..]);
                 let simd = dot(avx2(), &bm, r, x, &act.scales, &act.sums);
@@ -1720,15 +2404,73 @@ mod tests {
     #[test]
     fn rows_dequantize_as_candle_does() -> Result<()> {
         let dev = Device::Cpu;
-        let w = Tensor::from_vec(uniform(4 * 96, 0.05, 5), (4, 96), &dev)?;
+        // Rows of 3 blocks (no whole group) and of 9 (a group and one left), in a tile and
+        // after it.
+        for cols in [96, 288] {
+            let w = Tensor::from_vec(uniform(5 * cols, 0.05, 5), (5, cols), &dev)?;
+            for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+                let q = QTensor::quantize(&w, dtype)?;
+                let want = q.dequantize(&dev)?.to_vec2::<f32>()?;
+                for tiled in [false, true] {
+                    let bm = BlockMatrix::repack("w", &q, tiled)?;
+                    let mut row = vec![0f32; cols];
+                    for (r, want) in want.iter().enumerate() {
+                        bm.dequantize_row(r, &mut row);
+                        assert_eq!(&row, want, "{dtype:?} {cols} tiled {tiled} row {r}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn tiles_read_back_as_the_rows_they_hold() {
+        // 11 rows (two tiles and three rows), rows of 19 blocks (two groups and three left)
+        // of 3 elements: every element distinct, so any misplaced one shows.
+        let (rows, nb, unit) = (11, 19, 3);
+        let flat: Vec<u32> = (0..(rows * nb * unit) as u32).collect();
+        let mut tiled = flat.clone();
+        tile_in_place(&mut tiled, rows, nb, unit);
+        assert_ne!(tiled, flat);
+        // Rows after the last whole tile stay where they are.
+        assert_eq!(tiled[8 * nb * unit..], flat[8 * nb * unit..]);
+        for first in 0..rows {
+            for n in 0..=rows - first {
+                let want = &flat[first * nb * unit..(first + n) * nb * unit];
+                let got = untile_rows(&tiled, (first, n), (rows, nb, unit), true);
+                assert_eq!(got, want, "rows {first}..{}", first + n);
+            }
+        }
+    }
+
+    #[test]
+    fn decode_shares_give_the_same_products_from_any_row() -> Result<()> {
+        let dev = Device::Cpu;
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+            let (n, cols) = (11, 288);
+            let w = Tensor::from_vec(uniform(n * cols, 0.05, 11), (n, cols), &dev)?;
             let q = QTensor::quantize(&w, dtype)?;
-            let want = q.dequantize(&dev)?.to_vec2::<f32>()?;
-            let bm = BlockMatrix::from_qtensor("w", &q)?;
-            let mut row = vec![0f32; 96];
-            for (r, want) in want.iter().enumerate() {
-                bm.dequantize_row(r, &mut row);
-                assert_eq!(&row, want, "{dtype:?} row {r}");
+            let (flat, tiled) = (
+                BlockMatrix::repack("w", &q, false)?,
+                BlockMatrix::repack("w", &q, true)?,
+            );
+            let x = uniform(cols, 1.0, 12);
+            let act = Activations::quantize(&x, 1, cols, true);
+            // Every range of rows, as a decode share or a prompt band may start and end.
+            for first in 0..n {
+                for len in 1..=n - first {
+                    let mut y = vec![f32::NAN; len];
+                    rows(&tiled, &act, first, &mut y, 1);
+                    for (i, &got) in y.iter().enumerate() {
+                        let want = portable(&flat, &act, first + i, 0);
+                        assert!(
+                            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                            "{dtype:?} rows {first}+{len}, row {}: {got} vs {want}",
+                            first + i
+                        );
+                    }
+                }
             }
         }
         Ok(())
