@@ -1673,6 +1673,34 @@ mod x86 {
         }
     }
 
+    /// Lanes 0-7 `a`, lanes 8-15 `b`: which of a group's eight scales each lane of a
+    /// two-block product takes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn halves(a: i32, b: i32) -> __m512i {
+        _mm512_inserti64x4::<1>(_mm512_set1_epi32(a), _mm256_set1_epi32(b))
+    }
+
+    /// A group's eight weight scales (`d8`, f16) times its activation scales (`x8`), as the
+    /// low lanes of a 512-bit vector, and `off` plus the weight scales times the activation
+    /// block sums (`t8`): the offset term's running sum.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn group_scales(
+        d8: &[u16; 8],
+        (x8, t8): (__m256, __m256),
+        off: __m256,
+    ) -> (__m512, __m256) {
+        // SAFETY: one 16-byte load from a 16-byte array; register arithmetic otherwise.
+        unsafe {
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
+            (
+                _mm512_castps256_ps512(_mm256_mul_ps(dw, x8)),
+                _mm256_fmadd_ps(dw, t8, off),
+            )
+        }
+    }
+
     /// One group of eight Q4_0 blocks (`wg`, scales `d8`) of one weight row against the
     /// group's paired activations `xg` (scales times activation scales `x8`, block sums
     /// `t8`): returns the accumulator and offset sum with this group added.
@@ -1685,12 +1713,9 @@ mod x86 {
         xg: &[i8; 8 * BLOCK],
         (x8, t8): (__m256, __m256),
     ) -> (__m512, __m256) {
-        // SAFETY: loads of 64 and 16 bytes from checked arrays of those sizes; register
-        // arithmetic otherwise.
+        // SAFETY: 64-byte loads from checked 64-byte arrays; register arithmetic otherwise.
         unsafe {
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
-            let s8 = _mm512_castps256_ps512(_mm256_mul_ps(dw, x8));
-            let off = _mm256_fmadd_ps(dw, t8, off);
+            let (s8, off) = group_scales(d8, (x8, t8), off);
             let low = _mm512_set1_epi8(0x0F);
             let mut acc = acc;
             for h in 0..2 {
@@ -1701,24 +1726,7 @@ mod x86 {
                 let lo = _mm512_and_si512(raw, low);
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low);
                 let b = 4 * h as i32;
-                let ia = _mm512_setr_epi32(
-                    b,
-                    b,
-                    b,
-                    b,
-                    b,
-                    b,
-                    b,
-                    b,
-                    b + 2,
-                    b + 2,
-                    b + 2,
-                    b + 2,
-                    b + 2,
-                    b + 2,
-                    b + 2,
-                    b + 2,
-                );
+                let ia = halves(b, b + 2);
                 let ib = _mm512_add_epi32(ia, _mm512_set1_epi32(1));
                 acc = q4_run_512(acc, lo, hi, xg, h, (ia, ib), s8);
             }
@@ -1841,12 +1849,9 @@ mod x86 {
         xg: &[i8; 8 * BLOCK],
         (x8, t8): (__m256, __m256),
     ) -> (__m512, __m256) {
-        // SAFETY: loads of 64 and 16 bytes from checked arrays of those sizes; register
-        // arithmetic otherwise.
+        // SAFETY: 64-byte loads from checked 64-byte arrays; register arithmetic otherwise.
         unsafe {
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
-            let s8 = _mm512_castps256_ps512(_mm256_mul_ps(dw, x8));
-            let off = _mm256_fmadd_ps(dw, t8, off);
+            let (s8, off) = group_scales(d8, (x8, t8), off);
             let flip = _mm512_set1_epi8(-128);
             let mut acc = acc;
             for j in 0..4 {
@@ -1859,24 +1864,7 @@ mod x86 {
                 };
                 let wu = _mm512_xor_si512(_mm512_loadu_si512(wp.as_ptr().cast()), flip);
                 let b = 2 * j as i32;
-                let idx = _mm512_setr_epi32(
-                    b,
-                    b,
-                    b,
-                    b,
-                    b,
-                    b,
-                    b,
-                    b,
-                    b + 1,
-                    b + 1,
-                    b + 1,
-                    b + 1,
-                    b + 1,
-                    b + 1,
-                    b + 1,
-                    b + 1,
-                );
+                let idx = halves(b, b + 1);
                 acc = q8_two_512(acc, wu, xr, idx, s8);
             }
             (acc, off)
