@@ -27,27 +27,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::simd::avx2;
-
-/// Whether the CPU has AVX-512 F, BW and VNNI as well (checked once), for the Q4_0 kernels.
-/// `ELMROUTE_NO_AVX512` set in the environment turns them off (to compare, or on a CPU
-/// that slows down on 512-bit work).
-fn avx512() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            std::env::var_os("ELMROUTE_NO_AVX512").is_none()
-                && avx2()
-                && has!("avx512f")
-                && has!("avx512bw")
-                && has!("avx512vnni")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    })
-}
+use crate::simd::{avx2, avx512};
 
 /// Values per block, for both formats.
 const BLOCK: usize = 32;

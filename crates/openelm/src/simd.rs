@@ -22,6 +22,47 @@ pub(crate) fn avx2() -> bool {
     })
 }
 
+/// Whether the CPU has AVX-512 F, BW and VNNI as well (checked once), for the block and
+/// attention kernels that use them. `ELMROUTE_NO_AVX512` set in the environment turns them
+/// off (to compare, or on a CPU that slows down on 512-bit work).
+pub(crate) fn avx512() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            std::env::var_os("ELMROUTE_NO_AVX512").is_none()
+                && avx2()
+                && has!("avx512f")
+                && has!("avx512bw")
+                && has!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// Which loops [`attend`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernels {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+impl Kernels {
+    /// The fastest this CPU has.
+    pub(crate) fn best() -> Self {
+        if avx512() {
+            Self::Avx512
+        } else if avx2() {
+            Self::Avx2
+        } else {
+            Self::Portable
+        }
+    }
+}
+
 /// `sum(a[i] * b[i])` over the shorter of the two.
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -101,6 +142,19 @@ pub(crate) fn attend(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    attend_with(Kernels::best(), q, k, v, n, scores, out);
+}
+
+/// [`attend`] with the given kernels (which must be ones this CPU has).
+fn attend_with(
+    kernels: Kernels,
+    q: &[f32],
+    k: Rows<'_>,
+    v: Rows<'_>,
+    n: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let hd = k.width;
     if hd == 0 || v.width != hd {
         return;
@@ -108,10 +162,10 @@ pub(crate) fn attend(
     let rows = q.len() / hd;
     scores.clear();
     scores.resize(rows * n, 0.0);
-    // The AVX2 kernels take heads of 64 or 128 values whose cached rows are contiguous
+    // The x86 kernels take heads of 64 or 128 values whose cached rows are contiguous
     // (the KV cache's layout); anything else takes the portable loops.
     #[cfg(target_arch = "x86_64")]
-    let fast = avx2()
+    let fast = kernels != Kernels::Portable
         && matches!(hd, 64 | 128)
         && k.stride == hd
         && v.stride == hd
@@ -122,11 +176,14 @@ pub(crate) fn attend(
     let (kc, vc) = (k.rows(n), v.rows(n));
     if fast {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: compiled for AVX2 and FMA, which `avx2()` found on this CPU.
+        // SAFETY: compiled for AVX2 and FMA (the `_512` ones also for AVX-512 F), which
+        // `Kernels::best` found on this CPU.
         #[allow(unsafe_code)]
         unsafe {
-            match hd {
-                64 => x86::scores::<64>(q, kc, n, scores),
+            match (hd, kernels) {
+                (64, Kernels::Avx512) => x86::scores_512::<64>(q, kc, n, scores),
+                (_, Kernels::Avx512) => x86::scores_512::<128>(q, kc, n, scores),
+                (64, _) => x86::scores::<64>(q, kc, n, scores),
                 _ => x86::scores::<128>(q, kc, n, scores),
             }
         };
@@ -150,8 +207,10 @@ pub(crate) fn attend(
         // SAFETY: as above.
         #[allow(unsafe_code)]
         unsafe {
-            match hd {
-                64 => x86::weighted_sums::<64>(scores, vc, n, out),
+            match (hd, kernels) {
+                (64, Kernels::Avx512) => x86::weighted_sums_512::<64, 4>(scores, vc, n, out),
+                (_, Kernels::Avx512) => x86::weighted_sums_512::<128, 2>(scores, vc, n, out),
+                (64, _) => x86::weighted_sums::<64>(scores, vc, n, out),
                 _ => x86::weighted_sums::<128>(scores, vc, n, out),
             }
         };
@@ -317,6 +376,155 @@ mod x86 {
                 for (c, o) in orow.chunks_exact_mut(8).enumerate() {
                     if let Ok(o) = <&mut [f32; 8]>::try_from(o) {
                         _mm256_storeu_ps(o.as_mut_ptr(), acc[c % 16]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(v: &[f32]) -> __m512 {
+        match <&[f32; 16]>::try_from(v) {
+            // SAFETY: 16 readable floats; `loadu` needs no alignment.
+            Ok(a) => unsafe { _mm512_loadu_ps(a.as_ptr()) },
+            Err(_) => _mm512_setzero_ps(),
+        }
+    }
+
+    /// Per 128-bit lane: `[x0 + x2, y0 + y2, x1 + x3, y1 + y3]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pair16(x: __m512, y: __m512) -> __m512 {
+        _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y))
+    }
+
+    /// Of two [`pair16`] results `(w, x)` and `(y, z)`: per 128-bit lane the partial sums
+    /// `[w, x, y, z]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn quad16(a: __m512, b: __m512) -> __m512 {
+        let (a, b) = (_mm512_castps_pd(a), _mm512_castps_pd(b));
+        _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+        )
+    }
+
+    /// 128-bit lanes `0 + 1` and `2 + 3` of `x`, then of `y`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn lanes16(x: __m512, y: __m512) -> __m512 {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+        )
+    }
+
+    /// Lane `i` of the result is the sum of the 16 lanes of `a[i]`: pairs of accumulators
+    /// interleaved and added, halving their count at each of four steps.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sums16(a: &[__m512; 16]) -> __m512 {
+        // SAFETY: register arithmetic only; the caller has AVX-512 F.
+        unsafe {
+            let t = [
+                pair16(a[0], a[1]),
+                pair16(a[2], a[3]),
+                pair16(a[4], a[5]),
+                pair16(a[6], a[7]),
+                pair16(a[8], a[9]),
+                pair16(a[10], a[11]),
+                pair16(a[12], a[13]),
+                pair16(a[14], a[15]),
+            ];
+            let u = [
+                quad16(t[0], t[1]),
+                quad16(t[2], t[3]),
+                quad16(t[4], t[5]),
+                quad16(t[6], t[7]),
+            ];
+            lanes16(lanes16(u[0], u[1]), lanes16(u[2], u[3]))
+        }
+    }
+
+    /// [`scores`] with 512-bit vectors, sixteen keys at a time.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn scores_512<const HD: usize>(
+        q: &[f32],
+        k: &[f32],
+        n: usize,
+        scores: &mut [f32],
+    ) {
+        // SAFETY: loads go through `load16` (checked 16-float arrays), stores to a checked
+        // 16-float array; register arithmetic otherwise.
+        unsafe {
+            let mut blocks = k.chunks_exact(16 * HD);
+            for (b, block) in (&mut blocks).enumerate() {
+                for (qr, sr) in q.chunks_exact(HD).zip(scores.chunks_exact_mut(n)) {
+                    let mut acc = [_mm512_setzero_ps(); 16];
+                    for c in 0..HD / 16 {
+                        let qv = load16(&qr[16 * c..16 * c + 16]);
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            let at = i * HD + 16 * c;
+                            *a = _mm512_fmadd_ps(qv, load16(&block[at..at + 16]), *a);
+                        }
+                    }
+                    if let Some(Ok(out)) = sr
+                        .get_mut(16 * b..16 * b + 16)
+                        .map(<&mut [f32; 16]>::try_from)
+                    {
+                        _mm512_storeu_ps(out.as_mut_ptr(), sums16(&acc));
+                    }
+                }
+            }
+            let done = k.len() / (16 * HD) * 16;
+            for (qr, sr) in q.chunks_exact(HD).zip(scores.chunks_exact_mut(n)) {
+                for (s, row) in sr
+                    .iter_mut()
+                    .skip(done)
+                    .zip(blocks.remainder().chunks_exact(HD))
+                {
+                    *s = dot(qr, row);
+                }
+            }
+        }
+    }
+
+    /// [`weighted_sums`] with 512-bit vectors, `R` query rows at a time (`R * HD / 16` of
+    /// them fit the 16 accumulators): each value row is loaded once for the `R` rows.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn weighted_sums_512<const HD: usize, const R: usize>(
+        p: &[f32],
+        v: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: as for `scores_512`.
+        unsafe {
+            let chunks = HD / 16;
+            for (pr, orows) in p.chunks(R * n).zip(out.chunks_mut(R * HD)) {
+                let rows = orows.len() / HD;
+                let mut acc = [_mm512_setzero_ps(); 16];
+                for (j, vrow) in v.chunks_exact(HD).take(n).enumerate() {
+                    let mut vs = [_mm512_setzero_ps(); 8];
+                    for (c, x) in vs.iter_mut().enumerate().take(chunks) {
+                        *x = load16(&vrow[16 * c..16 * c + 16]);
+                    }
+                    for r in 0..R.min(rows) {
+                        let w = _mm512_set1_ps(pr.get(r * n + j).copied().unwrap_or(0.0));
+                        for c in 0..chunks {
+                            acc[r * chunks + c] = _mm512_fmadd_ps(w, vs[c], acc[r * chunks + c]);
+                        }
+                    }
+                }
+                for (r, orow) in orows.chunks_exact_mut(HD).enumerate() {
+                    for (c, o) in orow.chunks_exact_mut(16).enumerate() {
+                        if let (Ok(o), Some(a)) =
+                            (<&mut [f32; 16]>::try_from(o), acc.get(r * chunks + c))
+                        {
+                            _mm512_storeu_ps(o.as_mut_ptr(), *a);
+                        }
                     }
                 }
             }
@@ -544,12 +752,22 @@ pub(crate) mod tests {
 
     #[test]
     fn attention_matches_a_plain_softmax_for_every_kernel() {
-        // 64 and 128 take the AVX2 kernels where the CPU has them, 24 the portable loops;
-        // position counts below, at and past a multiple of eight, and a cache with spare
-        // capacity after the live rows.
-        for hd in [24, 64, 128] {
-            for n in [1, 7, 8, 9, 40, 131] {
-                for rows in [1, 4, 5] {
+        // Every kernel set this CPU has (64 and 128 take the x86 kernels, 24 the portable
+        // loops); position counts below, at and past multiples of eight and sixteen, and a
+        // cache with spare capacity after the live rows.
+        let mut sets = vec![Kernels::Portable];
+        if avx2() {
+            sets.push(Kernels::Avx2);
+        }
+        if avx512() {
+            sets.push(Kernels::Avx512);
+        }
+        for (kernels, hd) in sets
+            .into_iter()
+            .flat_map(|s| [24, 64, 128].map(|hd| (s, hd)))
+        {
+            for n in [1, 7, 8, 9, 15, 16, 17, 40, 131] {
+                for rows in [1, 2, 3, 4, 5] {
                     let q: Vec<f32> = values(rows * hd, 7).iter().map(|x| x * 4.0).collect();
                     let k = values((n + 3) * hd, 8);
                     let v = values((n + 3) * hd, 9);
@@ -569,11 +787,11 @@ pub(crate) mod tests {
                         },
                     );
                     let mut out = vec![f32::NAN; rows * hd];
-                    attend(&q, kr, vr, n, &mut Vec::new(), &mut out);
+                    attend_with(kernels, &q, kr, vr, n, &mut Vec::new(), &mut out);
                     for (i, (g, w)) in out.iter().zip(&want).enumerate() {
                         assert!(
                             (g - w).abs() < 1e-5,
-                            "hd {hd} n {n} rows {rows} at {i}: {g} vs {w}"
+                            "{kernels:?} hd {hd} n {n} rows {rows} at {i}: {g} vs {w}"
                         );
                     }
                 }
