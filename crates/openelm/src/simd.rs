@@ -1,11 +1,11 @@
-//! f32 vector helpers for the decode path (dot products and `y += a * x`), with AVX2 and FMA
-//! chosen at run time on x86-64.
+//! f32 vector helpers for the decode path (dot products and `y += a * x`, attention over the
+//! KV cache, `exp`), with AVX2 and FMA, or AVX-512, chosen at run time on x86-64.
 //!
 //! The crate is compiled for baseline x86-64, where LLVM vectorises these loops to 4-lane
 //! SSE without fused multiply-adds. Attention over the KV cache is made of exactly these two
 //! loops, so on CPUs that have them the 8-lane FMA versions in the `x86` submodule run
-//! instead; elsewhere (and as the reference in tests) portable loops with several
-//! accumulators do the same arithmetic.
+//! instead (16-lane with AVX-512, see [`Kernels`]); elsewhere (and as the reference in tests)
+//! portable loops with several accumulators do the same arithmetic.
 
 /// Whether the CPU has AVX2, FMA and F16C (checked once): the features the x86 kernels of
 /// this crate are compiled for.
