@@ -14,8 +14,9 @@
 //! - [`Model`]: the transformer with a KV cache; `forward(ids, offset)`,
 //!   `clear_kv_cache()`. Its projections are [`Linear`]: dense, quantized with candle's
 //!   kernels, or Q8_0/Q4_0 [`BlockMatrix`] blocks on this crate's CPU kernels (8-bit
-//!   activations, integer dot products, AVX2 when the CPU has it, weights prefetched ahead
-//!   of the reads). In f32 on the CPU, decoding one position runs the layers on plain
+//!   activations, integer dot products, AVX-512 VNNI or AVX2 when the CPU has them, weights
+//!   prefetched ahead of the reads; with AVX-512, Q4_0 rows stored in tiles of four that the
+//!   decode kernel reads as one stream). In f32 on the CPU, decoding one position runs the layers on plain
 //!   vectors between the matrix products, with attention over the KV cache in one op per
 //!   layer, instead of two dozen tensor ops per layer.
 //! - Quantized models, one model type whatever the source: [`LoadOptions::quantize`] (or
