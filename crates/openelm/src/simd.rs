@@ -337,15 +337,25 @@ mod x86 {
                     }
                 }
             }
-            let done = k.len() / (8 * HD) * 8;
-            for (qr, sr) in q.chunks_exact(HD).zip(scores.chunks_exact_mut(n)) {
-                for (s, row) in sr
-                    .iter_mut()
-                    .skip(done)
-                    .zip(blocks.remainder().chunks_exact(HD))
-                {
-                    *s = dot(qr, row);
-                }
+            tail_scores::<HD>(q, blocks.remainder(), k.len() / (8 * HD) * 8, n, scores);
+        }
+    }
+
+    /// The keys after the last whole block of [`scores`] or [`scores_512`] (`rest`, from key
+    /// `done` on), one dot product each.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tail_scores<const HD: usize>(
+        q: &[f32],
+        rest: &[f32],
+        done: usize,
+        n: usize,
+        scores: &mut [f32],
+    ) {
+        for (qr, sr) in q.chunks_exact(HD).zip(scores.chunks_exact_mut(n)) {
+            for (s, row) in sr.iter_mut().skip(done).zip(rest.chunks_exact(HD)) {
+                // SAFETY: the caller has AVX2 and FMA.
+                *s = unsafe { dot(qr, row) };
             }
         }
     }
@@ -478,16 +488,7 @@ mod x86 {
                     }
                 }
             }
-            let done = k.len() / (16 * HD) * 16;
-            for (qr, sr) in q.chunks_exact(HD).zip(scores.chunks_exact_mut(n)) {
-                for (s, row) in sr
-                    .iter_mut()
-                    .skip(done)
-                    .zip(blocks.remainder().chunks_exact(HD))
-                {
-                    *s = dot(qr, row);
-                }
-            }
+            tail_scores::<HD>(q, blocks.remainder(), k.len() / (16 * HD) * 16, n, scores);
         }
     }
 
