@@ -2096,6 +2096,32 @@ mod tests {
         )
     }
 
+    /// `w`'s products with the `m` rows of `x` through the prompt path (four activation rows
+    /// at a time, then one) and the decode path (one row at a time) agree with the portable
+    /// loop on `reference` (the same blocks, row-major).
+    fn products_match_portable(
+        w: &BlockMatrix,
+        reference: &BlockMatrix,
+        x: &[f32],
+        m: usize,
+        at: &str,
+    ) {
+        let (n, cols) = w.dims();
+        let act = reference.quantize_input(x, m);
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+        let mut y = vec![0f32; m * n];
+        w.matmul(x, m, &mut y);
+        for j in 0..m {
+            let mut y1 = vec![0f32; n];
+            w.matmul(&x[j * cols..(j + 1) * cols], 1, &mut y1);
+            for r in 0..n {
+                let want = portable(reference, &act, r, j);
+                assert!(close(y[j * n + r], want), "prompt {at} ({j}, {r})");
+                assert!(close(y1[r], want), "decode {at} ({j}, {r})");
+            }
+        }
+    }
+
     #[test]
     fn every_q4_0_kernel_gives_the_portable_products() -> Result<()> {
         let dev = Device::Cpu;
@@ -2115,20 +2141,8 @@ mod tests {
             let x = uniform(m * cols, 1.0, 8);
             let act = Activations::quantize(&x, m, cols, true);
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
-            // The prompt path (four activation rows at a time, then one) and the decode path.
             for (layout, w) in [("row-major", &bm), ("tiled", &tiled)] {
-                let mut y = vec![0f32; m * n];
-                w.matmul(&x, m, &mut y);
-                for j in 0..m {
-                    let mut y1 = vec![0f32; n];
-                    w.matmul(&x[j * cols..(j + 1) * cols], 1, &mut y1);
-                    for r in 0..n {
-                        let want = portable(&bm, &act, r, j);
-                        let at = format!("cols {cols} {layout} ({j}, {r})");
-                        assert!(close(y[j * n + r], want), "prompt {at}");
-                        assert!(close(y1[r], want), "decode {at}");
-                    }
-                }
+                products_match_portable(w, &bm, &x, m, &format!("cols {cols} {layout}"));
             }
             // Each x86 kernel on its own, whichever the dispatch would pick.
             #[cfg(target_arch = "x86_64")]
@@ -2231,25 +2245,12 @@ mod tests {
                 BlockMatrix::repack("w", &q, false)?,
                 BlockMatrix::repack("w", &q, true)?,
             );
-            assert!(!tiled.tiled);
+            assert!(!tiled.tiled, "Q8_0 stays row-major");
             let m = 5;
             let x = uniform(m * cols, 1.0, 10);
             let act = Activations::quantize(&x, m, cols, false);
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
-            for (layout, w) in [("row-major", &bm), ("tiled", &tiled)] {
-                let mut y = vec![0f32; m * n];
-                w.matmul(&x, m, &mut y);
-                for j in 0..m {
-                    let mut y1 = vec![0f32; n];
-                    w.matmul(&x[j * cols..(j + 1) * cols], 1, &mut y1);
-                    for r in 0..n {
-                        let want = portable(&bm, &act, r, j);
-                        let at = format!("cols {cols} {layout} ({j}, {r})");
-                        assert!(close(y[j * n + r], want), "prompt {at}");
-                        assert!(close(y1[r], want), "decode {at}");
-                    }
-                }
-            }
+            products_match_portable(&bm, &bm, &x, m, &format!("cols {cols}"));
             #[cfg(target_arch = "x86_64")]
             if avx2() {
                 let Quants::Q8(q) = &bm.quants else {
