@@ -1,7 +1,9 @@
 //! Throughput of the block kernels on one activation row (the decode step), in GB/s of
 //! weights: a matrix that stays in cache (the kernel's own speed), many distinct small
 //! matrices streamed from memory one call each (as a layer's projections are), and one large
-//! matrix of the same total size (the cost of a call boundary is the difference).
+//! matrix of the same total size (the cost of a call boundary is the difference). With
+//! `--prompt M`, also the prompt kernels: the cached matrix against `M` activation rows at
+//! once, in activation rows (tokens) per second.
 //!
 //! ```sh
 //! cargo run -p elmroute-openelm --release --example kernels -- --dtype q4_0
@@ -34,6 +36,10 @@ struct Args {
     /// Timed passes; the best is reported.
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// Also time the cached matrix against this many activation rows at once (the prompt
+    /// kernels); 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    prompt: usize,
 }
 
 fn matrix(rows: usize, cols: usize, dtype: elmroute_openelm::GgmlDType) -> Result<BlockMatrix> {
@@ -97,5 +103,23 @@ fn main() -> Result<()> {
         one.size_in_bytes() as f64 / streamed / 1e3,
         rows * count
     );
+    if args.prompt > 0 {
+        let m = args.prompt;
+        let xm: Vec<f32> = (0..m * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut ym = vec![0f32; m * rows];
+        let passes = 4;
+        // GB/s of weights per activation row: rows per second times the matrix's bytes.
+        let per_row = rayon::scope(|_| {
+            best_gbps(args.reps, one.size_in_bytes() * m * passes, || {
+                for _ in 0..passes {
+                    one.matmul(&xm, m, &mut ym);
+                }
+            })
+        });
+        println!(
+            "prompt of {m} rows, in cache: {:.0} rows/s ({per_row:.0} GB/s of weights per row)",
+            per_row * 1e9 / one.size_in_bytes() as f64
+        );
+    }
     Ok(())
 }

@@ -22,9 +22,11 @@ pub(crate) fn avx2() -> bool {
     })
 }
 
-/// Whether the CPU has AVX-512 F, BW and VNNI as well (checked once), for the block and
-/// attention kernels that use them. `ELMROUTE_NO_AVX512` set in the environment turns them
-/// off (to compare, or on a CPU that slows down on 512-bit work).
+/// Whether the CPU has AVX-512 F, BW and VNNI and GFNI as well (checked once), for the block
+/// and attention kernels that use them: Intel from Ice Lake on and AMD from Zen 4 on (not
+/// Cascade Lake, which has VNNI without GFNI and takes the AVX2 kernels).
+/// `ELMROUTE_NO_AVX512` set in the environment turns them off (to compare, or on a CPU that
+/// slows down on 512-bit work).
 pub(crate) fn avx512() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
@@ -36,6 +38,7 @@ pub(crate) fn avx512() -> bool {
                 && has!("avx512f")
                 && has!("avx512bw")
                 && has!("avx512vnni")
+                && has!("gfni")
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
