@@ -789,8 +789,8 @@ fn prompt_512(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], 
         let (xp, x) = (four(&act.q_halves, g, cols), four(&act.q, g, cols));
         let (xs, xsum) = (four(&act.scales, g, nb), four(&act.sums, g, nb));
         for (view, out) in views.iter().zip(ys.chunks_exact_mut(m)) {
-            // SAFETY: compiled for AVX-512 F, BW, VNNI, GFNI, AVX2, FMA and F16C, which the caller
-            // checked with `avx512()`.
+            // SAFETY: compiled for AVX-512 F, BW, VNNI, GFNI, AVX2, FMA and F16C, which the
+            // caller checked with `avx512()`.
             #[allow(unsafe_code)]
             let y = unsafe {
                 if view.tiled {
@@ -820,8 +820,8 @@ fn weight_rows4(w: &BlockMatrix, act: &Activations, r: usize) -> [f32; 4] {
     let Quants::Q4(q) = &w.quants else {
         return [0.0; 4];
     };
-    // SAFETY: compiled for AVX-512 F, BW, VNNI, GFNI, AVX2, FMA and F16C, which the caller checked
-    // with `avx512()`.
+    // SAFETY: compiled for AVX-512 F, BW, VNNI, GFNI, AVX2, FMA and F16C, which the caller
+    // checked with `avx512()`.
     #[allow(unsafe_code)]
     unsafe {
         x86::rows4_q4_512(
