@@ -94,16 +94,54 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     axpy_portable(y, a, x)
 }
 
-/// Rows of a strided f32 matrix: row `j` is `width` values at `start + j * stride`.
+/// What a KV cache holds: f32, or f16 (half the bytes to read; widened in registers).
+pub(crate) trait CacheValue: Copy + Default + Send + Sync + 'static {
+    /// `sum(q[i] * row[i])` over the shorter of the two.
+    fn dot_row(q: &[f32], row: &[Self]) -> f32;
+    /// `y[i] += a * row[i]` over the shorter of the two.
+    fn axpy_row(y: &mut [f32], a: f32, row: &[Self]);
+}
+
+impl CacheValue for f32 {
+    fn dot_row(q: &[f32], row: &[f32]) -> f32 {
+        dot(q, row)
+    }
+
+    fn axpy_row(y: &mut [f32], a: f32, row: &[f32]) {
+        axpy(y, a, row)
+    }
+}
+
+impl CacheValue for half::f16 {
+    fn dot_row(q: &[f32], row: &[Self]) -> f32 {
+        q.iter().zip(row).map(|(&a, b)| a * b.to_f32()).sum()
+    }
+
+    fn axpy_row(y: &mut [f32], a: f32, row: &[Self]) {
+        for (y, x) in y.iter_mut().zip(row) {
+            *y += a * x.to_f32();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::Wide;
+/// Elsewhere every [`CacheValue`] takes the portable loops.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) trait Wide: CacheValue {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T: CacheValue> Wide for T {}
+
+/// Rows of a strided matrix: row `j` is `width` values at `start + j * stride`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Rows<'a> {
-    pub(crate) data: &'a [f32],
+pub(crate) struct Rows<'a, T = f32> {
+    pub(crate) data: &'a [T],
     pub(crate) start: usize,
     pub(crate) stride: usize,
     pub(crate) width: usize,
 }
 
-impl<'a> Rows<'a> {
+impl<'a, T> Rows<'a, T> {
     /// Whether rows `0..count` all lie inside `data`.
     pub(crate) fn holds(&self, count: usize) -> bool {
         count == 0
@@ -115,7 +153,7 @@ impl<'a> Rows<'a> {
 
     /// Rows `0..count` as one slice when they are contiguous (`stride == width`); empty
     /// otherwise or past the end of `data`.
-    fn rows(&self, count: usize) -> &'a [f32] {
+    fn rows(&self, count: usize) -> &'a [T] {
         if self.stride != self.width {
             return &[];
         }
@@ -126,7 +164,7 @@ impl<'a> Rows<'a> {
 
     /// Row `j` (empty past the end of `data`, which [`holds`](Self::holds) rules out).
     #[inline(always)]
-    fn row(&self, j: usize) -> &'a [f32] {
+    fn row(&self, j: usize) -> &'a [T] {
         let at = self.start + j * self.stride;
         self.data.get(at..at + self.width).unwrap_or(&[])
     }
@@ -137,10 +175,10 @@ impl<'a> Rows<'a> {
 /// its max subtracted. `q` is already scaled; `out` (as many rows as `q`) is overwritten;
 /// `scores` is scratch. The rows share the keys and values, so each key and value row is
 /// read from memory once for all of them and then from L1.
-pub(crate) fn attend(
+pub(crate) fn attend<T: Wide>(
     q: &[f32],
-    k: Rows<'_>,
-    v: Rows<'_>,
+    k: Rows<'_, T>,
+    v: Rows<'_, T>,
     n: usize,
     scores: &mut Vec<f32>,
     out: &mut [f32],
@@ -149,11 +187,11 @@ pub(crate) fn attend(
 }
 
 /// [`attend`] with the given kernels (which must be ones this CPU has).
-fn attend_with(
+fn attend_with<T: Wide>(
     kernels: Kernels,
     q: &[f32],
-    k: Rows<'_>,
-    v: Rows<'_>,
+    k: Rows<'_, T>,
+    v: Rows<'_, T>,
     n: usize,
     scores: &mut Vec<f32>,
     out: &mut [f32],
@@ -179,21 +217,21 @@ fn attend_with(
     let (kc, vc) = (k.rows(n), v.rows(n));
     if fast {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: compiled for AVX2 and FMA (the `_512` ones also for AVX-512 F), which
-        // `Kernels::best` found on this CPU.
+        // SAFETY: compiled for AVX2, FMA and F16C (the `_512` ones also for AVX-512 F),
+        // which `Kernels::best` found on this CPU.
         #[allow(unsafe_code)]
         unsafe {
             match (hd, kernels) {
-                (64, Kernels::Avx512) => x86::scores_512::<64>(q, kc, n, scores),
-                (_, Kernels::Avx512) => x86::scores_512::<128>(q, kc, n, scores),
-                (64, _) => x86::scores::<64>(q, kc, n, scores),
-                _ => x86::scores::<128>(q, kc, n, scores),
+                (64, Kernels::Avx512) => x86::scores_512::<64, T>(q, kc, n, scores),
+                (_, Kernels::Avx512) => x86::scores_512::<128, T>(q, kc, n, scores),
+                (64, _) => x86::scores::<64, T>(q, kc, n, scores),
+                _ => x86::scores::<128, T>(q, kc, n, scores),
             }
         };
     } else {
         for (qr, sr) in q.chunks_exact(hd).zip(scores.chunks_exact_mut(n.max(1))) {
             for (j, s) in sr.iter_mut().enumerate() {
-                *s = dot(qr, k.row(j));
+                *s = T::dot_row(qr, k.row(j));
             }
         }
     }
@@ -211,16 +249,16 @@ fn attend_with(
         #[allow(unsafe_code)]
         unsafe {
             match (hd, kernels) {
-                (64, Kernels::Avx512) => x86::weighted_sums_512::<64, 4>(scores, vc, n, out),
-                (_, Kernels::Avx512) => x86::weighted_sums_512::<128, 2>(scores, vc, n, out),
-                (64, _) => x86::weighted_sums::<64>(scores, vc, n, out),
-                _ => x86::weighted_sums::<128>(scores, vc, n, out),
+                (64, Kernels::Avx512) => x86::weighted_sums_512::<64, 4, T>(scores, vc, n, out),
+                (_, Kernels::Avx512) => x86::weighted_sums_512::<128, 2, T>(scores, vc, n, out),
+                (64, _) => x86::weighted_sums::<64, T>(scores, vc, n, out),
+                _ => x86::weighted_sums::<128, T>(scores, vc, n, out),
             }
         };
     } else {
         for (sr, orow) in scores.chunks_exact(n.max(1)).zip(out.chunks_exact_mut(hd)) {
             for (j, &p) in sr.iter().enumerate() {
-                axpy(orow, p, v.row(j));
+                T::axpy_row(orow, p, v.row(j));
             }
         }
     }
@@ -276,6 +314,58 @@ fn axpy_portable(y: &mut [f32], a: f32, x: &[f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// A [`super::CacheValue`] the x86 kernels load as f32 lanes.
+    pub(crate) trait Wide: super::CacheValue {
+        /// Eight values from a slice of exactly eight (zeros otherwise), as f32.
+        ///
+        /// # Safety
+        /// The CPU must have AVX2 and F16C.
+        unsafe fn load8(v: &[Self]) -> __m256;
+        /// Sixteen values from a slice of exactly sixteen (zeros otherwise), as f32.
+        ///
+        /// # Safety
+        /// The CPU must have AVX-512 F.
+        unsafe fn load16(v: &[Self]) -> __m512;
+    }
+
+    impl Wide for f32 {
+        #[inline]
+        #[target_feature(enable = "avx2,f16c")]
+        unsafe fn load8(v: &[f32]) -> __m256 {
+            // SAFETY: the caller has the features.
+            unsafe { load8(v) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load16(v: &[f32]) -> __m512 {
+            // SAFETY: the caller has the features.
+            unsafe { load16(v) }
+        }
+    }
+
+    impl Wide for half::f16 {
+        #[inline]
+        #[target_feature(enable = "avx2,f16c")]
+        unsafe fn load8(v: &[Self]) -> __m256 {
+            match <&[Self; 8]>::try_from(v) {
+                // SAFETY: 16 readable bytes; `loadu` needs no alignment.
+                Ok(a) => unsafe { _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().cast())) },
+                Err(_) => _mm256_setzero_ps(),
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load16(v: &[Self]) -> __m512 {
+            match <&[Self; 16]>::try_from(v) {
+                // SAFETY: 32 readable bytes; `loadu` needs no alignment.
+                Ok(a) => unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(a.as_ptr().cast())) },
+                Err(_) => _mm512_setzero_ps(),
+            }
+        }
+    }
+
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn load8(v: &[f32]) -> __m256 {
@@ -306,21 +396,21 @@ mod x86 {
     /// `k` (`HD` values each), eight keys at a time: eight independent accumulators, one
     /// combined horizontal sum, and each block of eight key rows stays in L1 for every query
     /// row.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores<const HD: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scores<const HD: usize, T: Wide>(
         q: &[f32],
-        k: &[f32],
+        k: &[T],
         n: usize,
         scores: &mut [f32],
     ) {
         // SAFETY: loads go through `load8` (checked 8-float arrays), stores to a checked
         // 8-float array; register arithmetic otherwise.
         unsafe {
-            let zero = [0f32; HD];
+            let zero = [T::default(); HD];
             let mut blocks = k.chunks_exact(8 * HD);
             for (b, block) in (&mut blocks).enumerate() {
-                let rows: [&[f32; HD]; 8] = std::array::from_fn(|i| {
-                    <&[f32; HD]>::try_from(&block[i * HD..(i + 1) * HD]).unwrap_or(&zero)
+                let rows: [&[T; HD]; 8] = std::array::from_fn(|i| {
+                    <&[T; HD]>::try_from(&block[i * HD..(i + 1) * HD]).unwrap_or(&zero)
                 });
                 for (qr, sr) in q.chunks_exact(HD).zip(scores.chunks_exact_mut(n)) {
                     let Ok(qr) = <&[f32; HD]>::try_from(qr) else {
@@ -330,7 +420,8 @@ mod x86 {
                     for c in 0..HD / 8 {
                         let qv = load8(&qr[8 * c..8 * c + 8]);
                         for i in 0..8 {
-                            acc[i] = _mm256_fmadd_ps(qv, load8(&rows[i][8 * c..8 * c + 8]), acc[i]);
+                            acc[i] =
+                                _mm256_fmadd_ps(qv, T::load8(&rows[i][8 * c..8 * c + 8]), acc[i]);
                         }
                     }
                     if let Some(Ok(out)) =
@@ -340,25 +431,24 @@ mod x86 {
                     }
                 }
             }
-            tail_scores::<HD>(q, blocks.remainder(), k.len() / (8 * HD) * 8, n, scores);
+            tail_scores::<HD, T>(q, blocks.remainder(), k.len() / (8 * HD) * 8, n, scores);
         }
     }
 
     /// The keys after the last whole block of [`scores`] or [`scores_512`] (`rest`, from key
     /// `done` on), one dot product each.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tail_scores<const HD: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tail_scores<const HD: usize, T: Wide>(
         q: &[f32],
-        rest: &[f32],
+        rest: &[T],
         done: usize,
         n: usize,
         scores: &mut [f32],
     ) {
         for (qr, sr) in q.chunks_exact(HD).zip(scores.chunks_exact_mut(n)) {
             for (s, row) in sr.iter_mut().skip(done).zip(rest.chunks_exact(HD)) {
-                // SAFETY: the caller has AVX2 and FMA.
-                *s = unsafe { dot(qr, row) };
+                *s = T::dot_row(qr, row);
             }
         }
     }
@@ -366,10 +456,10 @@ mod x86 {
     /// Row `i` of `out` gets `sum_j p_ij * v_j` (`p` holds `n` weights per row) over the
     /// `n` contiguous rows of `v` (`HD` values each): the output row stays in `HD / 8`
     /// registers while the value rows stream past.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_sums<const HD: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sums<const HD: usize, T: Wide>(
         p: &[f32],
-        v: &[f32],
+        v: &[T],
         n: usize,
         out: &mut [f32],
     ) {
@@ -378,12 +468,12 @@ mod x86 {
             for (pr, orow) in p.chunks_exact(n).zip(out.chunks_exact_mut(HD)) {
                 let mut acc = [_mm256_setzero_ps(); 16];
                 for (&pj, vrow) in pr.iter().zip(v.chunks_exact(HD)) {
-                    let Ok(vrow) = <&[f32; HD]>::try_from(vrow) else {
+                    let Ok(vrow) = <&[T; HD]>::try_from(vrow) else {
                         continue;
                     };
                     let w = _mm256_set1_ps(pj);
                     for c in 0..HD / 8 {
-                        acc[c] = _mm256_fmadd_ps(w, load8(&vrow[8 * c..8 * c + 8]), acc[c]);
+                        acc[c] = _mm256_fmadd_ps(w, T::load8(&vrow[8 * c..8 * c + 8]), acc[c]);
                     }
                 }
                 for (c, o) in orow.chunks_exact_mut(8).enumerate() {
@@ -462,10 +552,10 @@ mod x86 {
     }
 
     /// [`scores`] with 512-bit vectors, sixteen keys at a time.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn scores_512<const HD: usize>(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn scores_512<const HD: usize, T: Wide>(
         q: &[f32],
-        k: &[f32],
+        k: &[T],
         n: usize,
         scores: &mut [f32],
     ) {
@@ -480,7 +570,7 @@ mod x86 {
                         let qv = load16(&qr[16 * c..16 * c + 16]);
                         for (i, a) in acc.iter_mut().enumerate() {
                             let at = i * HD + 16 * c;
-                            *a = _mm512_fmadd_ps(qv, load16(&block[at..at + 16]), *a);
+                            *a = _mm512_fmadd_ps(qv, T::load16(&block[at..at + 16]), *a);
                         }
                     }
                     if let Some(Ok(out)) = sr
@@ -491,16 +581,16 @@ mod x86 {
                     }
                 }
             }
-            tail_scores::<HD>(q, blocks.remainder(), k.len() / (16 * HD) * 16, n, scores);
+            tail_scores::<HD, T>(q, blocks.remainder(), k.len() / (16 * HD) * 16, n, scores);
         }
     }
 
     /// [`weighted_sums`] with 512-bit vectors, `R` query rows at a time (`R * HD / 16` of
     /// them fit the 16 accumulators): each value row is loaded once for the `R` rows.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn weighted_sums_512<const HD: usize, const R: usize>(
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sums_512<const HD: usize, const R: usize, T: Wide>(
         p: &[f32],
-        v: &[f32],
+        v: &[T],
         n: usize,
         out: &mut [f32],
     ) {
@@ -513,7 +603,7 @@ mod x86 {
                 for (j, vrow) in v.chunks_exact(HD).take(n).enumerate() {
                     let mut vs = [_mm512_setzero_ps(); 8];
                     for (c, x) in vs.iter_mut().enumerate().take(chunks) {
-                        *x = load16(&vrow[16 * c..16 * c + 16]);
+                        *x = T::load16(&vrow[16 * c..16 * c + 16]);
                     }
                     for r in 0..R.min(rows) {
                         let w = _mm512_set1_ps(pr.get(r * n + j).copied().unwrap_or(0.0));
@@ -796,6 +886,35 @@ pub(crate) mod tests {
                         assert!(
                             (g - w).abs() < 1e-5,
                             "{kernels:?} hd {hd} n {n} rows {rows} at {i}: {g} vs {w}"
+                        );
+                    }
+                    // An f16 cache: the same against the rounded values.
+                    let half = |m: &[f32]| -> Vec<half::f16> {
+                        m.iter().map(|&x| half::f16::from_f32(x)).collect()
+                    };
+                    let (k16, v16) = (half(&k), half(&v));
+                    let widen =
+                        |m: &[half::f16]| -> Vec<f32> { m.iter().map(|x| x.to_f32()).collect() };
+                    let want = naive_attention(&q, &widen(&k16), &widen(&v16), n, hd);
+                    let rows16 = |data| Rows {
+                        data,
+                        start: 0,
+                        stride: hd,
+                        width: hd,
+                    };
+                    attend_with(
+                        kernels,
+                        &q,
+                        rows16(&k16),
+                        rows16(&v16),
+                        n,
+                        &mut Vec::new(),
+                        &mut out,
+                    );
+                    for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() < 1e-5,
+                            "f16 {kernels:?} hd {hd} n {n} rows {rows} at {i}: {g} vs {w}"
                         );
                     }
                 }
