@@ -54,6 +54,10 @@ struct Args {
     /// report the generated tokens' weight traffic as a fraction of it. 0: off.
     #[arg(long, default_value_t = 0)]
     bandwidth_mib: usize,
+    /// KV cache dtype: f32 or f16 (default: the model's own choice, f16 for quantized
+    /// weights in f32 on the CPU).
+    #[arg(long)]
+    kv_cache: Option<String>,
 }
 
 /// Peak resident memory of this process in MiB (VmHWM), when the OS reports it.
@@ -110,6 +114,13 @@ fn main() -> Result<()> {
         }
     };
     let build_s = t0.elapsed().as_secs_f64();
+    if let Some(kv) = &args.kv_cache {
+        let kv: DType = kv
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--kv-cache {kv}: {e:?}"))?;
+        model.set_kv_cache_dtype(kv)?;
+    }
+    let kv_dtype = format!("{:?}", model.kv_cache_dtype()).to_lowercase();
     let config = model.config().clone();
     anyhow::ensure!(
         args.prompt + args.gen_tokens <= config.max_context_length,
@@ -170,12 +181,12 @@ fn main() -> Result<()> {
             "prompt_tokens_per_s": prompt_tps, "gen_tokens_per_s": gen_tps,
             "gen_weight_gb_per_s": gen_gbps,
             "read_gb_per_s": read_gbps, "bound_fraction": read_gbps.map(|r| gen_gbps / r),
-            "peak_rss_mib": peak, "build_s": build_s,
+            "peak_rss_mib": peak, "build_s": build_s, "kv_cache": kv_dtype,
         });
         println!("{out}");
     } else {
         println!(
-            "{label} {} ({:.1} M params, weights {types:?}, {:.1} MiB read per token, built in {build_s:.1} s)",
+            "{label} {} ({:.1} M params, weights {types:?}, {:.1} MiB read per token, KV cache {kv_dtype}, built in {build_s:.1} s)",
             args.dtype,
             config.num_parameters() as f64 / 1e6,
             weight_bytes as f64 / (1 << 20) as f64

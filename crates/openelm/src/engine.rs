@@ -40,6 +40,12 @@ pub struct LoadOptions {
     /// multiplies them with scalar code. GGUF files keep their own types and ignore this.
     /// Default `None`: the weights as stored.
     pub quantize: Option<GgmlDType>,
+    /// The dtype of the KV cache. Default `None`: f16 for block-quantized weights running
+    /// in f32 on the CPU (half the cache's memory and reads), else the run dtype; see
+    /// [`Model::kv_cache_dtype`]. `Some(DType::F32)` keeps an f32 model's cache exact;
+    /// `Some(DType::F16)` halves it for float weights too. Applies to the models this engine
+    /// loads, not to one given to [`OpenElm::from_model`].
+    pub kv_cache_dtype: Option<DType>,
     /// Requests that may wait while one runs; one more gets a busy error. Default 8; 0 is
     /// taken as 1.
     pub queue_capacity: usize,
@@ -81,6 +87,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
             quantize: None,
+            kv_cache_dtype: None,
             queue_capacity: 8,
             truncate_left: false,
             name: None,
@@ -107,6 +114,12 @@ impl LoadOptions {
     /// Quantizes the weights to `quantize` while loading (see [`quantize`](Self::quantize)).
     pub fn with_quantize(mut self, quantize: Option<GgmlDType>) -> Self {
         self.quantize = quantize;
+        self
+    }
+
+    /// Sets the KV cache's dtype (see [`kv_cache_dtype`](Self::kv_cache_dtype)).
+    pub fn with_kv_cache_dtype(mut self, dtype: Option<DType>) -> Self {
+        self.kv_cache_dtype = dtype;
         self
     }
 
@@ -199,7 +212,7 @@ fn load_files(files: &ModelFiles, opts: &LoadOptions, progress: impl FnMut(f32))
     let config = Config::from_file(&files.config)?;
     let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
     let checkpoint = Checkpoint::open(&files.weights)?;
-    let model = Model::load_quantized(
+    let mut model = Model::load_quantized(
         &config,
         &checkpoint,
         opts.quantize,
@@ -207,6 +220,9 @@ fn load_files(files: &ModelFiles, opts: &LoadOptions, progress: impl FnMut(f32))
         &opts.device,
         progress,
     )?;
+    if let Some(dtype) = opts.kv_cache_dtype {
+        model.set_kv_cache_dtype(dtype)?;
+    }
     Ok(Loaded {
         model,
         tokenizer: Arc::new(tokenizer),
@@ -226,7 +242,10 @@ fn load_gguf(
         Some(p) => Tokenizer::from_file(p)?,
         None => gguf.require_tokenizer()?,
     };
-    let model = gguf.load_model(opts.dtype, &opts.device, progress)?;
+    let mut model = gguf.load_model(opts.dtype, &opts.device, progress)?;
+    if let Some(dtype) = opts.kv_cache_dtype {
+        model.set_kv_cache_dtype(dtype)?;
+    }
     Ok(Loaded {
         model,
         tokenizer: Arc::new(tokenizer),

@@ -436,6 +436,32 @@ async fn engine_quantizes_a_safetensors_checkpoint_at_load() {
     assert_eq!(q.usage.completion_tokens, 8);
 }
 
+#[tokio::test]
+async fn engine_takes_the_kv_cache_dtype_from_its_options() {
+    let dir = common::fixture("tiny-gqa");
+    let files = || elmroute_openelm::ModelFiles {
+        config: dir.join("config.json"),
+        weights: vec![dir.join("model.safetensors")],
+        tokenizer: common::fixture("tokenizer/tokenizer.json"),
+    };
+    let req = ChatRequest::user("the request")
+        .with_max_tokens(8)
+        .with_temperature(0.0);
+    let q8 = LoadOptions::default().with_quantize(Some(GgmlDType::Q8_0));
+    // An f32 cache for quantized weights: the engine loads and answers.
+    let engine =
+        OpenElm::from_files(files(), q8.clone().with_kv_cache_dtype(Some(DType::F32))).unwrap();
+    assert_eq!(
+        engine.complete(&req).await.unwrap().usage.completion_tokens,
+        8
+    );
+    // A dtype the run dtype cannot take is refused at load, by name.
+    let err = OpenElm::from_files(files(), q8.with_kv_cache_dtype(Some(DType::BF16)))
+        .expect_err("bf16 cache under an f32 run")
+        .to_string();
+    assert!(err.contains("KV cache dtype BF16"), "{err}");
+}
+
 // ---- bad GGUF files -------------------------------------------------------------------
 
 /// The twin's metadata and tensors, to be edited and written back with candle's writer.
