@@ -16,9 +16,11 @@
 //!   kernels, or Q8_0/Q4_0 [`BlockMatrix`] blocks on this crate's CPU kernels (8-bit
 //!   activations, integer dot products, AVX-512 VNNI or AVX2 when the CPU has them, weights
 //!   prefetched ahead of the reads; with AVX-512, Q4_0 rows stored in tiles of four that the
-//!   decode kernel reads as one stream). In f32 on the CPU, decoding one position runs the layers on plain
-//!   vectors between the matrix products, with attention over the KV cache in one op per
-//!   layer, instead of two dozen tensor ops per layer.
+//!   decode kernel reads as one stream). In f32 on the CPU, decoding one position runs the
+//!   layers on plain vectors between the matrix products, with attention over the KV cache
+//!   in one op per layer, instead of two dozen tensor ops per layer. With block-quantized
+//!   weights the KV cache is kept in f16 ([`Model::kv_cache_dtype`],
+//!   [`LoadOptions::kv_cache_dtype`]): half the memory and half the reads per token.
 //! - Quantized models, one model type whatever the source: [`LoadOptions::quantize`] (or
 //!   [`Model::load_quantized`]) quantizes a safetensors checkpoint while loading
 //!   (`Q8_0`, `Q4_0`, `Q4K`, `Q6K`, ... as [`GgmlDType`]); [`Gguf`] reads OpenELM GGUF files
