@@ -332,15 +332,21 @@ mod x86 {
         #[inline]
         #[target_feature(enable = "avx2,f16c")]
         unsafe fn load8(v: &[f32]) -> __m256 {
-            // SAFETY: the caller has the features.
-            unsafe { load8(v) }
+            match <&[f32; 8]>::try_from(v) {
+                // SAFETY: 8 readable floats; `loadu` needs no alignment.
+                Ok(a) => unsafe { _mm256_loadu_ps(a.as_ptr()) },
+                Err(_) => _mm256_setzero_ps(),
+            }
         }
 
         #[inline]
         #[target_feature(enable = "avx512f")]
         unsafe fn load16(v: &[f32]) -> __m512 {
-            // SAFETY: the caller has the features.
-            unsafe { load16(v) }
+            match <&[f32; 16]>::try_from(v) {
+                // SAFETY: 16 readable floats; `loadu` needs no alignment.
+                Ok(a) => unsafe { _mm512_loadu_ps(a.as_ptr()) },
+                Err(_) => _mm512_setzero_ps(),
+            }
         }
     }
 
@@ -363,16 +369,6 @@ mod x86 {
                 Ok(a) => unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(a.as_ptr().cast())) },
                 Err(_) => _mm512_setzero_ps(),
             }
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn load8(v: &[f32]) -> __m256 {
-        match <&[f32; 8]>::try_from(v) {
-            // SAFETY: 8 readable floats; `loadu` needs no alignment.
-            Ok(a) => unsafe { _mm256_loadu_ps(a.as_ptr()) },
-            Err(_) => _mm256_setzero_ps(),
         }
     }
 
@@ -403,7 +399,7 @@ mod x86 {
         n: usize,
         scores: &mut [f32],
     ) {
-        // SAFETY: loads go through `load8` (checked 8-float arrays), stores to a checked
+        // SAFETY: loads go through `Wide::load8` (checked arrays of 8), stores to a checked
         // 8-float array; register arithmetic otherwise.
         unsafe {
             let zero = [T::default(); HD];
@@ -418,7 +414,7 @@ mod x86 {
                     };
                     let mut acc = [_mm256_setzero_ps(); 8];
                     for c in 0..HD / 8 {
-                        let qv = load8(&qr[8 * c..8 * c + 8]);
+                        let qv = f32::load8(&qr[8 * c..8 * c + 8]);
                         for i in 0..8 {
                             acc[i] =
                                 _mm256_fmadd_ps(qv, T::load8(&rows[i][8 * c..8 * c + 8]), acc[i]);
@@ -482,16 +478,6 @@ mod x86 {
                     }
                 }
             }
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load16(v: &[f32]) -> __m512 {
-        match <&[f32; 16]>::try_from(v) {
-            // SAFETY: 16 readable floats; `loadu` needs no alignment.
-            Ok(a) => unsafe { _mm512_loadu_ps(a.as_ptr()) },
-            Err(_) => _mm512_setzero_ps(),
         }
     }
 
@@ -559,7 +545,7 @@ mod x86 {
         n: usize,
         scores: &mut [f32],
     ) {
-        // SAFETY: loads go through `load16` (checked 16-float arrays), stores to a checked
+        // SAFETY: loads go through `Wide::load16` (checked arrays of 16), stores to a checked
         // 16-float array; register arithmetic otherwise.
         unsafe {
             let mut blocks = k.chunks_exact(16 * HD);
@@ -567,7 +553,7 @@ mod x86 {
                 for (qr, sr) in q.chunks_exact(HD).zip(scores.chunks_exact_mut(n)) {
                     let mut acc = [_mm512_setzero_ps(); 16];
                     for c in 0..HD / 16 {
-                        let qv = load16(&qr[16 * c..16 * c + 16]);
+                        let qv = f32::load16(&qr[16 * c..16 * c + 16]);
                         for (i, a) in acc.iter_mut().enumerate() {
                             let at = i * HD + 16 * c;
                             *a = _mm512_fmadd_ps(qv, T::load16(&block[at..at + 16]), *a);
