@@ -34,10 +34,11 @@ pub struct LoadOptions {
     /// to this GGML type while loading (`Q8_0`, `Q4_0`, `Q4K`, `Q6K`, ...), for the small,
     /// fast on-device path without a conversion tool. Norms and activations stay in
     /// [`dtype`](Self::dtype). A matrix whose rows are not a whole number of blocks falls
-    /// back as [`quant_type_for`](crate::quant_type_for) says. On the CPU, Q8_0 and Q4_0
-    /// run on this crate's block kernels and Q4_K on candle's; other block types are
-    /// re-blocked to Q8_0 after quantizing (their rounding, Q8_0's storage), since candle
-    /// multiplies them with scalar code. GGUF files keep their own types and ignore this.
+    /// back as [`quant_type_for`](crate::quant_type_for) says. On the CPU, Q8_0, Q4_0 and
+    /// Q4_K run on this crate's block kernels (Q4_K as Q4_0 blocks with a per-block offset);
+    /// other block types are re-blocked to Q8_0 after quantizing (their rounding, Q8_0's
+    /// storage), since candle multiplies them with scalar code. GGUF files keep their own
+    /// types and ignore this.
     /// Default `None`: the weights as stored.
     pub quantize: Option<GgmlDType>,
     /// The dtype of the KV cache. Default `None`: f16 for block-quantized weights running

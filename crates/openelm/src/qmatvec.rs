@@ -1,5 +1,6 @@
-//! 8- and 4-bit block-quantized matrices (GGML's Q8_0 and Q4_0) and the CPU kernels that
-//! multiply them by activations.
+//! 8- and 4-bit block-quantized matrices (GGML's Q8_0 and Q4_0, and Q4_K held as Q4_0
+//! blocks with a per-block offset factor) and the CPU kernels that multiply them by
+//! activations.
 //!
 //! Decoding one token reads every weight once, so its speed is set by how fast the weights
 //! stream from memory and how few instructions each byte costs. The kernels follow
@@ -68,6 +69,12 @@ pub struct BlockMatrix {
     /// block and one `vpdpbusd` chain, one conversion and one multiply-add serve both (with
     /// the pair layout each needed its own). Kept by [`untiled`](Self::untiled) copies.
     block_groups: bool,
+    /// Q4_K weights held as Q4_0 blocks: per block (f16 bits, in the order of `scales`,
+    /// tiled alike) the factor `e` of its offset term. A Q4_0 block is `d (q - 8)`: the
+    /// kernels add `-8 d` times the activation block's scaled sum. A Q4_K sub-block is
+    /// `s q + m`; held as `d = s` with `e = -m / 8`, the same kernels compute it when they
+    /// take `e` in place of `d` in that term. Empty for Q8_0 and Q4_0.
+    offsets: Vec<u16>,
 }
 
 /// Rows per tile of a tiled [`BlockMatrix`].
@@ -147,6 +154,10 @@ struct RowGroups<'a, T> {
     /// The blocks after the last whole group, and their scales.
     tail: &'a [T],
     tail_scales: &'a [u16],
+    /// The offset factors of `scales` and `tail_scales` (see [`BlockMatrix::offsets`]);
+    /// empty without them.
+    offsets: &'a [u16],
+    tail_offsets: &'a [u16],
 }
 
 impl BlockMatrix {
@@ -187,17 +198,91 @@ impl BlockMatrix {
             scales: self.scales.get(span(s_at, s_stride, GROUP)).unwrap_or(&[]),
             tail: v.get(tail_at..tail_at + left * unit).unwrap_or(&[]),
             tail_scales: self.scales.get(s_tail_at..s_tail_at + left).unwrap_or(&[]),
+            offsets: self.offsets.get(span(s_at, s_stride, GROUP)).unwrap_or(&[]),
+            tail_offsets: self.offsets.get(s_tail_at..s_tail_at + left).unwrap_or(&[]),
         }
     }
 
     /// Whether [`from_qtensor`](Self::from_qtensor) takes tensors of this type.
     pub fn supports(dtype: GgmlDType) -> bool {
-        matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q4_0)
+        matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4K)
     }
 
-    /// Repacks a 2-D Q8_0 or Q4_0 tensor (CPU). `name` is for errors.
+    /// Repacks a 2-D Q8_0, Q4_0 or Q4_K tensor (CPU). `name` is for errors.
+    ///
+    /// Q4_K is held as Q4_0 blocks plus a per-block offset factor: each 32-value sub-block
+    /// of a Q4_K super-block is `s q + m` with `s = d * scale` and `m = -dmin * min`, kept
+    /// as the block's scale `s` and offset factor `-m / 8`, both in f16 (a relative
+    /// rounding of at most 2^-11 on each, well inside Q4_K's own steps). That is 5 bits per
+    /// value instead of 4.5, on the Q4_0 kernels.
     pub fn from_qtensor(name: &str, q: &QTensor) -> Result<Self> {
+        if q.dtype() == GgmlDType::Q4K {
+            return Self::from_q4k(name, q, avx512());
+        }
         Self::repack(name, q, avx512())
+    }
+
+    /// [`from_qtensor`](Self::from_qtensor) for Q4_K.
+    fn from_q4k(name: &str, q: &QTensor, tiled: bool) -> Result<Self> {
+        let bad = |detail: String| Error::Quantization {
+            name: name.to_string(),
+            dtype: "Q4K".to_string(),
+            detail,
+        };
+        let (rows, cols) = q.shape().dims2().map_err(|e| bad(e.to_string()))?;
+        // A super-block: d, dmin (f16), 12 bytes of 6-bit scales and mins, 128 of values.
+        const SUPER: usize = 256;
+        const BYTES: usize = 144;
+        if cols % SUPER != 0 {
+            return Err(bad(format!(
+                "rows of {cols} values are not whole super-blocks"
+            )));
+        }
+        let data = q.data()?;
+        if data.len() != rows * cols / SUPER * BYTES {
+            return Err(bad(format!(
+                "{} bytes of data, expected {}",
+                data.len(),
+                rows * cols / SUPER * BYTES
+            )));
+        }
+        let mut q4 = Vec::with_capacity(rows * cols / BLOCK * (2 + BLOCK / 2));
+        let mut offsets = Vec::with_capacity(rows * cols / BLOCK);
+        for sb in data.chunks_exact(BYTES) {
+            let d = f16_to_f32(u16::from_le_bytes([sb[0], sb[1]]));
+            let dmin = f16_to_f32(u16::from_le_bytes([sb[2], sb[3]]));
+            let (sc, qs) = sb[4..].split_at(12);
+            for b in 0..SUPER / BLOCK {
+                let (scale, min) = q4k_scale_min(sc, b);
+                let s = half::f16::from_f32(d * f32::from(scale));
+                // `-m / 8` with `m = -dmin * min`.
+                offsets.push(half::f16::from_f32(dmin * f32::from(min) / 8.0).to_bits());
+                // Sub-block `2j` is the low nibbles of bytes `32j..32j + 32`, `2j + 1` the
+                // high ones; a Q4_0 block holds value `i` and `i + 16` in byte `i`.
+                let run = &qs[32 * (b / 2)..32 * (b / 2) + 32];
+                let v = |i: usize| {
+                    if b % 2 == 0 {
+                        run[i] & 0x0F
+                    } else {
+                        run[i] >> 4
+                    }
+                };
+                q4.extend_from_slice(&s.to_bits().to_le_bytes());
+                q4.extend((0..BLOCK / 2).map(|i| v(i) | (v(i + 16) << 4)));
+            }
+        }
+        let storage = candle_core::quantized::QStorage::from_data(
+            std::borrow::Cow::Owned(q4),
+            &candle_core::Device::Cpu,
+            GgmlDType::Q4_0,
+        )?;
+        let as_q4 = QTensor::new(storage, (rows, cols))?;
+        let mut m = Self::repack(name, &as_q4, tiled)?;
+        if m.tiled {
+            tile_in_place(&mut offsets, rows, cols / BLOCK, 1);
+        }
+        m.offsets = offsets;
+        Ok(m)
     }
 
     /// [`from_qtensor`](Self::from_qtensor), with Q4_0 tiled for the AVX-512 decode kernel
@@ -279,6 +364,7 @@ impl BlockMatrix {
             quants,
             tiled: false,
             block_groups,
+            offsets: Vec::new(),
         };
         if let (true, Quants::Q4(v)) = (block_groups, &mut m.quants) {
             let nb = cols / BLOCK;
@@ -315,6 +401,11 @@ impl BlockMatrix {
             },
             tiled: false,
             block_groups: self.block_groups,
+            offsets: if self.offsets.is_empty() {
+                Vec::new()
+            } else {
+                untile_rows(&self.offsets, (first, n), shape(1), self.tiled)
+            },
         }
     }
 
@@ -348,17 +439,19 @@ impl BlockMatrix {
         (self.rows, self.cols)
     }
 
-    /// The GGML type of the blocks.
+    /// The GGML type the weights came in (Q4_K is held as Q4_0 blocks with offsets).
     pub fn dtype(&self) -> GgmlDType {
         match self.quants {
             Quants::Q8(_) => GgmlDType::Q8_0,
+            Quants::Q4(_) if !self.offsets.is_empty() => GgmlDType::Q4K,
             Quants::Q4(_) => GgmlDType::Q4_0,
         }
     }
 
-    /// Bytes of weight data (scales and values): what one pass over the matrix reads.
+    /// Bytes of weight data (scales, offsets and values): what one pass over the matrix
+    /// reads.
     pub fn size_in_bytes(&self) -> usize {
-        self.scales.len() * 2
+        (self.scales.len() + self.offsets.len()) * 2
             + match &self.quants {
                 Quants::Q8(v) => v.len(),
                 Quants::Q4(v) => v.len(),
@@ -389,10 +482,14 @@ impl BlockMatrix {
             }
             Quants::Q4(q) => {
                 let q = &q[r * self.cols / 2..(r + 1) * self.cols / 2];
+                let offsets = self.offsets.get(r * nb..(r + 1) * nb).unwrap_or(&[]);
                 for (b, (o, &d)) in out.chunks_exact_mut(BLOCK).zip(scales).enumerate() {
                     let d = f16_to_f32(d);
+                    // `d (q - 8)`, or with an offset factor `e`: `d q - 8 e`.
+                    let shift = offsets.get(b).map_or(0.0, |&e| 8.0 * (d - f16_to_f32(e)));
                     for (e, o) in o.iter_mut().enumerate() {
-                        *o = f32::from(q4_value(q, (nb, self.block_groups), b, e) as i8 - 8) * d;
+                        let v = f32::from(q4_value(q, (nb, self.block_groups), b, e) as i8 - 8);
+                        *o = v * d + shift;
                     }
                 }
             }
@@ -464,6 +561,32 @@ fn q4_value(row: &[u8], (nb, block_groups): (usize, bool), b: usize, e: usize) -
         let byte = row[b * BLOCK / 2 + e % 16];
         if e < 16 { byte & 0x0F } else { byte >> 4 }
     }
+}
+
+/// The 6-bit scale and min of sub-block `j` (0..8) of a Q4_K super-block from its 12 packed
+/// bytes, as GGML packs them: sub-blocks 0-3 in the low six bits of bytes 0-3 and 4-7, 4-7
+/// split between the nibbles of bytes 8-11 and the top two bits of bytes 0-7.
+fn q4k_scale_min(packed: &[u8], j: usize) -> (u8, u8) {
+    let at = |i: usize| packed.get(i).copied().unwrap_or(0);
+    if j < 4 {
+        (at(j) & 63, at(j + 4) & 63)
+    } else {
+        (
+            (at(j + 4) & 0x0F) | ((at(j - 4) >> 6) << 4),
+            (at(j + 4) >> 4) | ((at(j) >> 6) << 4),
+        )
+    }
+}
+
+/// What a row's offset factors `es` (see [`BlockMatrix::offsets`]) add to the products of
+/// a kernel that took its scales `ws` as those factors: `8 (d - e)` times each activation
+/// block's scaled sum `t`.
+fn offset_shift(ws: &[u16], es: &[u16], t: &[f32]) -> f32 {
+    ws.iter()
+        .zip(es)
+        .zip(t)
+        .map(|((&d, &e), &t)| 8.0 * (f16_to_f32(d) - f16_to_f32(e)) * t)
+        .sum()
 }
 
 /// Output rows per parallel task: about eight tasks per thread, at least 16 rows.
@@ -652,19 +775,31 @@ fn dot(
         }
         Quants::Q4(q) => {
             let q = &q[r * cols / 2..(r + 1) * cols / 2];
+            let es = w.offsets.get(r * nb..(r + 1) * nb).unwrap_or(&[]);
+            // What the offset factors add to a kernel that takes the scales in their place.
+            let shift = || offset_shift(ws, es, xsum);
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: as for Q8_0.
                 #[allow(unsafe_code)]
-                match (w.block_groups, avx512() && xp.len() == x.len()) {
-                    (true, true) => return unsafe { x86::dot_q4_512(q, ws, xp, x, xs, xsum) },
-                    (false, _) => return unsafe { x86::dot_q4(q, ws, x, xs, xsum) },
+                match (
+                    w.block_groups,
+                    avx512() && xp.len() == x.len(),
+                    es.is_empty(),
+                ) {
+                    (true, true, true) => {
+                        return unsafe { x86::dot_q4_512::<false>(q, (ws, ws), xp, x, xs, xsum) };
+                    }
+                    (true, true, false) => {
+                        return unsafe { x86::dot_q4_512::<true>(q, (ws, es), xp, x, xs, xsum) };
+                    }
+                    (false, _, _) => return unsafe { x86::dot_q4(q, ws, x, xs, xsum) } + shift(),
                     // Only the AVX-512 kernels read the whole groups in GGML's order.
-                    (true, false) => {}
+                    (true, false, _) => {}
                 }
             }
-            let _ = (xsum, xp);
-            dot_q4(q, ws, x, xs, w.block_groups)
+            let _ = xp;
+            dot_q4(q, ws, x, xs, w.block_groups) + shift()
         }
     }
 }
@@ -793,10 +928,11 @@ fn prompt_512(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], 
             // caller checked with `avx512()`.
             #[allow(unsafe_code)]
             let y = unsafe {
-                if view.tiled {
-                    x86::dot4_q4_512::<TILE>(*view, xp, x, xs, xsum)
-                } else {
-                    x86::dot4_q4_512::<1>(*view, xp, x, xs, xsum)
+                match (view.tiled, view.offsets.is_empty()) {
+                    (true, true) => x86::dot4_q4_512::<TILE, false>(*view, xp, x, xs, xsum),
+                    (true, false) => x86::dot4_q4_512::<TILE, true>(*view, xp, x, xs, xsum),
+                    (false, true) => x86::dot4_q4_512::<1, false>(*view, xp, x, xs, xsum),
+                    (false, false) => x86::dot4_q4_512::<1, true>(*view, xp, x, xs, xsum),
                 }
             };
             out[4 * g..4 * g + 4].copy_from_slice(&y);
@@ -824,14 +960,14 @@ fn weight_rows4(w: &BlockMatrix, act: &Activations, r: usize) -> [f32; 4] {
     // checked with `avx512()`.
     #[allow(unsafe_code)]
     unsafe {
-        x86::rows4_q4_512(
-            &q[r * cols / 2..(r + 4) * cols / 2],
-            &w.scales[r * nb..(r + 4) * nb],
-            &act.q_halves[..cols],
-            &act.q[..cols],
-            &act.scales[..nb],
-            &act.sums[..nb],
-        )
+        let ws = &w.scales[r * nb..(r + 4) * nb];
+        let x = (&act.q_halves[..cols], &act.q[..cols]);
+        let (xs, xsum) = (&act.scales[..nb], &act.sums[..nb]);
+        let w4 = &q[r * cols / 2..(r + 4) * cols / 2];
+        match w.offsets.get(r * nb..(r + 4) * nb) {
+            Some(es) => x86::rows4_q4_512::<true>(w4, (ws, es), x.0, x.1, xs, xsum),
+            None => x86::rows4_q4_512::<false>(w4, (ws, ws), x.0, x.1, xs, xsum),
+        }
     }
 }
 
@@ -863,7 +999,11 @@ fn four_rows(w: &BlockMatrix, act: &Activations, r: usize, g: usize, out: &mut [
         #[allow(unsafe_code)]
         Quants::Q4(q) => unsafe {
             let wr = q.get(r * cols / 2..(r + 1) * cols / 2).unwrap_or(&[]);
-            x86::dot4_q4(wr, ws, x, xs, xsum)
+            let y = x86::dot4_q4(wr, ws, x, xs, xsum);
+            match w.offsets.get(r * nb..(r + 1) * nb) {
+                Some(es) => std::array::from_fn(|k| y[k] + offset_shift(ws, es, xsum[k])),
+                None => y,
+            }
         },
     };
     out.copy_from_slice(&y);
@@ -1323,9 +1463,9 @@ mod x86 {
     /// activations from `xp` (the row in the order of `Activations::q_halves`); the rest of
     /// the row, packed by pairs, goes to [`dot_q4`] on `x`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni")]
-    pub(super) unsafe fn dot_q4_512(
+    pub(super) unsafe fn dot_q4_512<const OFF: bool>(
         w: &[u8],
-        ws: &[u16],
+        (ws, es): (&[u16], &[u16]),
         xp: &[i8],
         x: &[i8],
         xs: &[f32],
@@ -1347,7 +1487,7 @@ mod x86 {
                         .zip(xsum.chunks_exact(8)),
                 )
                 .take(groups);
-            for ((wg, xg), ((d8, x8), t8)) in chunks {
+            for (g, ((wg, xg), ((d8, x8), t8))) in chunks.enumerate() {
                 let (Ok(wg), Ok(xg), Ok(d8), Ok(x8), Ok(t8)) = (
                     <&[u8; 4 * BLOCK]>::try_from(wg),
                     <&[i8; 8 * BLOCK]>::try_from(xg),
@@ -1359,8 +1499,9 @@ mod x86 {
                 };
                 prefetch_ahead(wg.as_ptr(), 2, d8.as_ptr(), PREFETCH_AHEAD / 16);
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
+                let ow = offset_factors::<OFF>(dw, es, 8 * g);
                 let s8 = _mm512_castps256_ps512(_mm256_mul_ps(dw, _mm256_loadu_ps(x8.as_ptr())));
-                off8 = _mm256_fmadd_ps(dw, _mm256_loadu_ps(t8.as_ptr()), off8);
+                off8 = _mm256_fmadd_ps(ow, _mm256_loadu_ps(t8.as_ptr()), off8);
                 for (h, (a, &ix)) in acc.iter_mut().zip(&idx).enumerate() {
                     let Ok(wp) = <&[u8; 2 * BLOCK]>::try_from(&wg[64 * h..64 * h + 64]) else {
                         continue;
@@ -1371,7 +1512,12 @@ mod x86 {
             let head = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - 8.0 * hsum(off8);
             let (b, bytes) = (8 * groups, 8 * groups * BLOCK / 2);
             let tail = if b < ws.len() {
-                dot_q4(&w[bytes..], &ws[b..], &x[b * BLOCK..], &xs[b..], &xsum[b..])
+                let shift = if OFF {
+                    super::offset_shift(&ws[b..], es.get(b..).unwrap_or(&[]), &xsum[b..])
+                } else {
+                    0.0
+                };
+                dot_q4(&w[bytes..], &ws[b..], &x[b * BLOCK..], &xs[b..], &xsum[b..]) + shift
             } else {
                 0.0
             };
@@ -1577,7 +1723,7 @@ mod x86 {
     /// `Activations::q_halves`); the rest of the row, packed by pairs, goes to [`dot4_q4`] on
     /// `x`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni")]
-    pub(super) unsafe fn dot4_q4_512<const S: usize>(
+    pub(super) unsafe fn dot4_q4_512<const S: usize, const OFF: bool>(
         w: super::RowGroups<'_, u8>,
         xp: [&[i8]; 4],
         x: [&[i8]; 4],
@@ -1619,21 +1765,35 @@ mod x86 {
                 // The group is unpacked once for the four activation rows.
                 let v = [nibbles(w0), nibbles(w1)];
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
-                a0 = q4_unpacked_512(a0, v, dw, x0, act_scales(xs[0], xsum[0], g));
-                a1 = q4_unpacked_512(a1, v, dw, x1, act_scales(xs[1], xsum[1], g));
-                a2 = q4_unpacked_512(a2, v, dw, x2, act_scales(xs[2], xsum[2], g));
-                a3 = q4_unpacked_512(a3, v, dw, x3, act_scales(xs[3], xsum[3], g));
+                let f = (dw, offset_factors::<OFF>(dw, w.offsets, s_at));
+                a0 = q4_unpacked_512(a0, v, f, x0, act_scales(xs[0], xsum[0], g));
+                a1 = q4_unpacked_512(a1, v, f, x1, act_scales(xs[1], xsum[1], g));
+                a2 = q4_unpacked_512(a2, v, f, x2, act_scales(xs[2], xsum[2], g));
+                a3 = q4_unpacked_512(a3, v, f, x3, act_scales(xs[3], xsum[3], g));
             }
             let sums = finish4_512([a0, a1, a2, a3]);
             let b = 8 * groups;
             let tail = if b < nb {
-                dot4_q4(
+                let t = dot4_q4(
                     w.tail,
                     w.tail_scales,
                     x.map(|r| &r[b * BLOCK..]),
                     xs.map(|r| &r[b..]),
                     xsum.map(|r| &r[b..]),
-                )
+                );
+                if OFF {
+                    let shift = |k: usize| {
+                        super::offset_shift(w.tail_scales, w.tail_offsets, &xsum[k][b..])
+                    };
+                    [
+                        t[0] + shift(0),
+                        t[1] + shift(1),
+                        t[2] + shift(2),
+                        t[3] + shift(3),
+                    ]
+                } else {
+                    t
+                }
             } else {
                 [0.0; 4]
             };
@@ -1677,6 +1837,21 @@ mod x86 {
         _mm512_inserti64x4::<1>(_mm512_set1_epi32(a), _mm256_set1_epi32(b))
     }
 
+    /// The factors of a group's offset term (see `BlockMatrix::offsets`): the group's
+    /// scales `dw` for Q4_0, the eight offset factors from `es[at..]` with offsets.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni")]
+    unsafe fn offset_factors<const OFF: bool>(dw: __m256, es: &[u16], at: usize) -> __m256 {
+        if !OFF {
+            return dw;
+        }
+        match es.get(at..at + 8).map(<&[u16; 8]>::try_from) {
+            // SAFETY: a 16-byte load from a 16-byte array.
+            Some(Ok(e8)) => unsafe { _mm256_cvtph_ps(_mm_loadu_si128(e8.as_ptr().cast())) },
+            _ => dw,
+        }
+    }
+
     /// A group's eight weight scales (`d8`, f16) times its activation scales (`x8`), as the
     /// low lanes of a 512-bit vector, and `off` plus the weight scales times the activation
     /// block sums (`t8`): the offset term's running sum.
@@ -1702,10 +1877,10 @@ mod x86 {
     /// returns the accumulator and offset sum with this group added.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni")]
-    unsafe fn q4_group_512(
+    unsafe fn q4_group_512<const OFF: bool>(
         a: (__m512, __m256),
         wg: &[u8; 4 * BLOCK],
-        d8: &[u16; 8],
+        (d8, es, at): (&[u16; 8], &[u16], usize),
         xg: &[i8; 8 * BLOCK],
         xv: (__m256, __m256),
     ) -> (__m512, __m256) {
@@ -1719,18 +1894,20 @@ mod x86 {
                 return a;
             };
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
-            q4_unpacked_512(a, [nibbles(w0), nibbles(w1)], dw, xg, xv)
+            let ow = offset_factors::<OFF>(dw, es, at);
+            q4_unpacked_512(a, [nibbles(w0), nibbles(w1)], (dw, ow), xg, xv)
         }
     }
 
     /// [`q4_group_512`] on a group already unpacked (`v`: both runs' nibbles) with its
-    /// scales converted (`dw`), as the prompt kernel shares them between activation rows.
+    /// scales and offset factors converted (`dw`, `ow`), as the prompt kernel shares them
+    /// between activation rows.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni")]
     unsafe fn q4_unpacked_512(
         (acc, off): (__m512, __m256),
         v: [(__m512i, __m512i); 2],
-        dw: __m256,
+        (dw, ow): (__m256, __m256),
         xg: &[i8; 8 * BLOCK],
         (x8, t8): (__m256, __m256),
     ) -> (__m512, __m256) {
@@ -1739,7 +1916,7 @@ mod x86 {
             let s8 = _mm512_castps256_ps512(_mm256_mul_ps(dw, x8));
             let acc = q4_run_512(acc, v[0], xg, 0, quarters(0), s8);
             let acc = q4_run_512(acc, v[1], xg, 1, quarters(1), s8);
-            (acc, _mm256_fmadd_ps(dw, t8, off))
+            (acc, _mm256_fmadd_ps(ow, t8, off))
         }
     }
 
@@ -1786,9 +1963,9 @@ mod x86 {
     /// are paid once per four rows (a 1280-wide row is only five groups). Whole groups of
     /// eight blocks here, each row's leftover blocks on [`dot_q4`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni")]
-    pub(super) unsafe fn rows4_q4_512(
+    pub(super) unsafe fn rows4_q4_512<const OFF: bool>(
         w: &[u8],
-        ws: &[u16],
+        (ws, es): (&[u16], &[u16]),
         xp: &[i8],
         x: &[i8],
         xs: &[f32],
@@ -1834,10 +2011,11 @@ mod x86 {
                     continue;
                 };
                 let xv = (_mm256_loadu_ps(x8.as_ptr()), _mm256_loadu_ps(t8.as_ptr()));
-                a0 = q4_group_512(a0, g0, d0, xg, xv);
-                a1 = q4_group_512(a1, g1, d1, xg, xv);
-                a2 = q4_group_512(a2, g2, d2, xg, xv);
-                a3 = q4_group_512(a3, g3, d3, xg, xv);
+                let at = 32 * g;
+                a0 = q4_group_512::<OFF>(a0, g0, (d0, es, at), xg, xv);
+                a1 = q4_group_512::<OFF>(a1, g1, (d1, es, at + 8), xg, xv);
+                a2 = q4_group_512::<OFF>(a2, g2, (d2, es, at + 16), xg, xv);
+                a3 = q4_group_512::<OFF>(a3, g3, (d3, es, at + 24), xg, xv);
             }
             let sums = finish4_512([a0, a1, a2, a3]);
             if left == 0 {
@@ -1871,7 +2049,19 @@ mod x86 {
                     xut,
                 ),
             ];
-            std::array::from_fn(|k| sums[k] + tail[k])
+            let shift = |k: usize| {
+                let at = sb + k * left;
+                match (OFF, ws.get(at..at + left), es.get(at..at + left)) {
+                    (true, Some(d), Some(e)) => super::offset_shift(d, e, xut),
+                    _ => 0.0,
+                }
+            };
+            [
+                sums[0] + tail[0] + shift(0),
+                sums[1] + tail[1] + shift(1),
+                sums[2] + tail[2] + shift(2),
+                sums[3] + tail[3] + shift(3),
+            ]
         }
     }
 
@@ -2184,24 +2374,37 @@ mod tests {
     #[test]
     fn every_q4_0_kernel_gives_the_portable_products() -> Result<()> {
         let dev = Device::Cpu;
-        // Rows of 1 to 40 blocks: no whole group of eight, groups with and without a tail,
-        // odd and even block counts.
-        for cols in [32, 64, 96, 256, 288, 352, 1280] {
+        // Q4_0 rows of 1 to 40 blocks: no whole group of eight, groups with and without a
+        // tail, odd and even block counts. Q4_K rows (whole super-blocks of 256) run on the
+        // same kernels with offset factors.
+        let cases = [32, 64, 96, 256, 288, 352, 1280]
+            .map(|c| (GgmlDType::Q4_0, c))
+            .into_iter()
+            .chain([256, 512, 1280].map(|c| (GgmlDType::Q4K, c)));
+        for (dtype, cols) in cases {
             let nb = cols / BLOCK;
             // Nine rows: two tiles for the AVX-512 decode kernel and a row after them.
             let n = 9;
             let w = Tensor::from_vec(uniform(n * cols, 0.05, 7), (n, cols), &dev)?;
-            let q = QTensor::quantize(&w, GgmlDType::Q4_0)?;
-            let (bm, tiled) = (
-                BlockMatrix::repack("w", &q, false)?,
-                BlockMatrix::repack("w", &q, true)?,
-            );
+            let q = QTensor::quantize(&w, dtype)?;
+            let (bm, tiled) = if dtype == GgmlDType::Q4K {
+                (
+                    BlockMatrix::from_q4k("w", &q, false)?,
+                    BlockMatrix::from_q4k("w", &q, true)?,
+                )
+            } else {
+                (
+                    BlockMatrix::repack("w", &q, false)?,
+                    BlockMatrix::repack("w", &q, true)?,
+                )
+            };
             let m = 5;
             let x = uniform(m * cols, 1.0, 8);
             let act = Activations::quantize(&x, m, cols, true);
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+            let at = |layout: &str| format!("{dtype:?} cols {cols} {layout}");
             for (layout, w) in [("row-major", &bm), ("tiled", &tiled)] {
-                products_match_portable(w, &bm, &x, m, &format!("cols {cols} {layout}"));
+                products_match_portable(w, &bm, &x, m, &at(layout));
             }
             // Each x86 kernel on its own, whichever the dispatch would pick.
             #[cfg(target_arch = "x86_64")]
@@ -2211,6 +2414,12 @@ mod tests {
                 };
                 let row = |r: usize| &q[r * cols / 2..(r + 1) * cols / 2];
                 let ws = |r: usize| &bm.scales[r * nb..(r + 1) * nb];
+                // The AVX2 kernels take the scales as offset factors; the dispatch adds the
+                // difference.
+                let shift = |r: usize, t: &[f32]| match bm.offsets.get(r * nb..(r + 1) * nb) {
+                    Some(es) => offset_shift(ws(r), es, t),
+                    None => 0.0,
+                };
                 let xq: [&[i8]; 4] = std::array::from_fn(|j| &act.q[j * cols..(j + 1) * cols]);
                 let xs: [&[f32]; 4] = std::array::from_fn(|j| &act.scales[j * nb..(j + 1) * nb]);
                 let xt: [&[f32]; 4] = std::array::from_fn(|j| &act.sums[j * nb..(j + 1) * nb]);
@@ -2224,9 +2433,14 @@ mod tests {
                             x86::dot4_q4(row(r), ws(r), xq, xs, xt),
                         )
                     };
-                    assert!(close(one, want[0]), "cols {cols} AVX2 row {r}");
+                    assert!(
+                        close(one + shift(r, xt[0]), want[0]),
+                        "{} AVX2 row {r}",
+                        at("")
+                    );
                     for j in 0..4 {
-                        assert!(close(four[j], want[j]), "cols {cols} AVX2 x4 ({j}, {r})");
+                        let got = four[j] + shift(r, xt[j]);
+                        assert!(close(got, want[j]), "{} AVX2 x4 ({j}, {r})", at(""));
                     }
                     if avx512() {
                         let xp: [&[i8]; 4] =
@@ -2236,31 +2450,44 @@ mod tests {
                         let Quants::Q4(q1) = &own.quants else {
                             return Err(Error::InvalidArgument("expected Q4 blocks".into()));
                         };
+                        let (d1, e1) = (&own.scales[..], &own.offsets[..]);
                         // SAFETY: AVX-512 F, BW, VNNI and GFNI were found by `avx512()`.
                         #[allow(unsafe_code)]
-                        let one =
-                            unsafe { x86::dot_q4_512(q1, &own.scales, xp[0], xq[0], xs[0], xt[0]) };
-                        assert!(close(one, want[0]), "cols {cols} AVX-512 row {r}");
+                        let one = unsafe {
+                            if e1.is_empty() {
+                                x86::dot_q4_512::<false>(q1, (d1, d1), xp[0], xq[0], xs[0], xt[0])
+                            } else {
+                                x86::dot_q4_512::<true>(q1, (d1, e1), xp[0], xq[0], xs[0], xt[0])
+                            }
+                        };
+                        assert!(close(one, want[0]), "{} AVX-512 row {r}", at(""));
                         // The prompt kernel reads rows in place, in a tile or after the tiles.
                         for (layout, m) in [("copied out", &own), ("tiled", &tiled)] {
                             let r = if layout == "tiled" { r } else { 0 };
                             let Quants::Q4(q) = &m.quants else {
                                 return Err(Error::InvalidArgument("expected Q4 blocks".into()));
                             };
+                            let v = m.row_groups(q, BLOCK / 2, r);
                             // SAFETY: as above.
                             #[allow(unsafe_code)]
                             let four = unsafe {
-                                {
-                                    let v = m.row_groups(q, BLOCK / 2, r);
-                                    if v.tiled {
-                                        x86::dot4_q4_512::<TILE>(v, xp, xq, xs, xt)
-                                    } else {
-                                        x86::dot4_q4_512::<1>(v, xp, xq, xs, xt)
+                                match (v.tiled, v.offsets.is_empty()) {
+                                    (true, true) => {
+                                        x86::dot4_q4_512::<TILE, false>(v, xp, xq, xs, xt)
+                                    }
+                                    (true, false) => {
+                                        x86::dot4_q4_512::<TILE, true>(v, xp, xq, xs, xt)
+                                    }
+                                    (false, true) => {
+                                        x86::dot4_q4_512::<1, false>(v, xp, xq, xs, xt)
+                                    }
+                                    (false, false) => {
+                                        x86::dot4_q4_512::<1, true>(v, xp, xq, xs, xt)
                                     }
                                 }
                             };
                             for j in 0..4 {
-                                let at = format!("cols {cols} {layout} ({j}, {r})");
+                                let at = at(&format!("{layout} ({j}, {r})"));
                                 assert!(close(four[j], want[j]), "AVX-512 x4 {at}");
                             }
                         }
@@ -2272,21 +2499,24 @@ mod tests {
                 };
                 if avx512() {
                     for r in [0, 4] {
+                        let ws = &tiled.scales[r * nb..(r + 4) * nb];
+                        let w4 = &q[r * cols / 2..(r + 4) * cols / 2];
+                        let x = (&act.q_halves[..cols], xq[0]);
                         // SAFETY: AVX-512 F, BW, VNNI and GFNI were found by `avx512()`.
                         #[allow(unsafe_code)]
                         let four = unsafe {
-                            x86::rows4_q4_512(
-                                &q[r * cols / 2..(r + 4) * cols / 2],
-                                &tiled.scales[r * nb..(r + 4) * nb],
-                                &act.q_halves[..cols],
-                                xq[0],
-                                xs[0],
-                                xt[0],
-                            )
+                            match tiled.offsets.get(r * nb..(r + 4) * nb) {
+                                Some(es) => {
+                                    x86::rows4_q4_512::<true>(w4, (ws, es), x.0, x.1, xs[0], xt[0])
+                                }
+                                None => {
+                                    x86::rows4_q4_512::<false>(w4, (ws, ws), x.0, x.1, xs[0], xt[0])
+                                }
+                            }
                         };
                         for (k, &got) in four.iter().enumerate() {
                             let want = portable(&bm, &act, r + k, 0);
-                            assert!(close(got, want), "cols {cols} AVX-512 rows x4 ({r}+{k})");
+                            assert!(close(got, want), "{} AVX-512 rows x4 ({r}+{k})", at(""));
                         }
                     }
                 }
@@ -2402,6 +2632,36 @@ mod tests {
     }
 
     #[test]
+    fn q4_k_is_held_exactly_enough_as_q4_0_blocks_with_offsets() -> Result<()> {
+        let dev = Device::Cpu;
+        // Two super-blocks per row; 9 rows: two tiles and a row after them.
+        let (n, cols) = (9, 512);
+        let w = Tensor::from_vec(uniform(n * cols, 0.05, 21), (n, cols), &dev)?;
+        let q = QTensor::quantize(&w, GgmlDType::Q4K)?;
+        let want = q.dequantize(&dev)?.to_vec2::<f32>()?;
+        for tiled in [false, true] {
+            let bm = BlockMatrix::from_q4k("w", &q, tiled)?;
+            assert_eq!(bm.dtype(), GgmlDType::Q4K);
+            // 16 bytes of values, an f16 scale and an f16 offset per 32 values.
+            assert_eq!(bm.size_in_bytes(), n * cols / 32 * 20);
+            let mut row = vec![0f32; cols];
+            for (r, want) in want.iter().enumerate() {
+                bm.dequantize_row(r, &mut row);
+                // Scale and offset are rounded to f16: at most 2^-11 of each, times up to
+                // 15 steps for the scale.
+                let top = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for (i, (g, w)) in row.iter().zip(want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 2e-3 * top,
+                        "tiled {tiled} row {r} at {i}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
     fn q8_0_and_q4_0_match_the_dequantized_product() -> Result<()> {
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
             for m in [1, 3, 17] {
@@ -2409,6 +2669,12 @@ mod tests {
                 for cols in [256, 288] {
                     check(dtype, m, cols)?;
                 }
+            }
+        }
+        // Q4_K rows are whole super-blocks of 256: one, and one with two groups more.
+        for m in [1, 3, 17] {
+            for cols in [256, 768] {
+                check(GgmlDType::Q4K, m, cols)?;
             }
         }
         Ok(())

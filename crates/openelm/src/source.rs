@@ -20,14 +20,15 @@ pub(crate) enum Weight {
     Dense(Tensor),
     /// A block-quantized matrix (never a float GGML type).
     Quantized(Arc<QTensor>),
-    /// A Q8_0 or Q4_0 matrix repacked for this crate's CPU kernels.
+    /// A Q8_0, Q4_0 or Q4_K matrix repacked for this crate's CPU kernels.
     Blocks(Arc<BlockMatrix>),
 }
 
 impl Weight {
     /// Moves a quantized matrix on the CPU onto the fastest kernel this crate has for it:
-    /// Q8_0 and Q4_0 onto its own block kernels; Q4_K stays with candle, whose repacked
-    /// x86 kernels are fast for it; every other block type (Q6_K, Q5_*, Q4_1, Q2_K, Q3_K),
+    /// Q8_0 and Q4_0 onto its own block kernels, and Q4_K too, held as Q4_0 blocks with a
+    /// per-block offset (see [`BlockMatrix::from_qtensor`]; candle's Q4_K decoding ran at a
+    /// quarter of the speed); every other block type (Q6_K, Q5_*, Q4_1, Q2_K, Q3_K),
     /// which candle multiplies one row at a time with scalar code on a baseline x86-64
     /// build, is re-blocked to Q8_0: a finer grid than any of them, so almost no precision
     /// is lost, for up to 1.6x the bytes of a 5- or 6-bit type. llama.cpp's Q4_0 files store
@@ -37,7 +38,7 @@ impl Weight {
         let Weight::Quantized(q) = self else {
             return Ok(self);
         };
-        if !q.device().is_cpu() || q.dtype() == GgmlDType::Q4K {
+        if !q.device().is_cpu() {
             return Ok(Weight::Quantized(q));
         }
         if BlockMatrix::supports(q.dtype()) {
