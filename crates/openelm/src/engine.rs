@@ -35,8 +35,8 @@ pub struct LoadOptions {
     /// fast on-device path without a conversion tool. Norms and activations stay in
     /// [`dtype`](Self::dtype). A matrix whose rows are not a whole number of blocks falls
     /// back as [`quant_type_for`](crate::quant_type_for) says. On the CPU, Q8_0, Q4_0 and
-    /// (with AVX-512) Q4_K run on this crate's block kernels (Q4_K as Q4_0 blocks with a
-    /// per-block offset; without AVX-512 on candle's); other block types are re-blocked to Q8_0 after quantizing (their rounding, Q8_0's
+    /// (on x86-64 with AVX2) Q4_K run on this crate's block kernels (Q4_K as Q4_0 blocks
+    /// with a per-block offset; elsewhere on candle's); other block types are re-blocked to Q8_0 after quantizing (their rounding, Q8_0's
     /// storage), since candle multiplies them with scalar code. GGUF files keep their own
     /// types and ignore this.
     /// Default `None`: the weights as stored.

@@ -793,7 +793,12 @@ fn dot(
                     (true, true, false) => {
                         return unsafe { x86::dot_q4_512::<true>(q, (ws, es), xp, x, xs, xsum) };
                     }
-                    (false, _, _) => return unsafe { x86::dot_q4(q, ws, x, xs, xsum) } + shift(),
+                    (false, _, true) => {
+                        return unsafe { x86::dot_q4::<false>(q, (ws, ws), x, xs, xsum) };
+                    }
+                    (false, _, false) => {
+                        return unsafe { x86::dot_q4::<true>(q, (ws, es), x, xs, xsum) };
+                    }
                     // Only the AVX-512 kernels read the whole groups in GGML's order.
                     (true, false, _) => {}
                 }
@@ -999,10 +1004,9 @@ fn four_rows(w: &BlockMatrix, act: &Activations, r: usize, g: usize, out: &mut [
         #[allow(unsafe_code)]
         Quants::Q4(q) => unsafe {
             let wr = q.get(r * cols / 2..(r + 1) * cols / 2).unwrap_or(&[]);
-            let y = x86::dot4_q4(wr, ws, x, xs, xsum);
             match w.offsets.get(r * nb..(r + 1) * nb) {
-                Some(es) => std::array::from_fn(|k| y[k] + offset_shift(ws, es, xsum[k])),
-                None => y,
+                Some(es) => x86::dot4_q4::<true>(wr, (ws, es), x, xs, xsum),
+                None => x86::dot4_q4::<false>(wr, (ws, ws), x, xs, xsum),
             }
         },
     };
@@ -1262,9 +1266,9 @@ mod x86 {
     /// One Q4_0 row against four activation rows: each pair of weight blocks is loaded and
     /// unpacked once for four products.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot4_q4(
+    pub(super) unsafe fn dot4_q4<const OFF: bool>(
         w: &[u8],
-        ws: &[u16],
+        (ws, es): (&[u16], &[u16]),
         x: [&[i8]; 4],
         xs: [&[f32]; 4],
         xsum: [&[f32]; 4],
@@ -1297,6 +1301,7 @@ mod x86 {
                 };
                 let xg = [x0, x1, x2, x3];
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
+                let ow = offset_factors::<OFF>(dw, es, 8 * g);
                 // The combined scales go through memory: broadcasting one from there is a
                 // load, where taking it from a register costs shuffles on the vector ALUs,
                 // this kernel's bottleneck.
@@ -1312,7 +1317,7 @@ mod x86 {
                         s8[k].as_mut_ptr(),
                         _mm256_mul_ps(dw, _mm256_loadu_ps(x8.as_ptr())),
                     );
-                    off8[k] = _mm256_fmadd_ps(dw, _mm256_loadu_ps(t8.as_ptr()), off8[k]);
+                    off8[k] = _mm256_fmadd_ps(ow, _mm256_loadu_ps(t8.as_ptr()), off8[k]);
                 }
                 for j in 0..4 {
                     let Ok(wp) = <&[u8; BLOCK]>::try_from(&wg[j * BLOCK..(j + 1) * BLOCK]) else {
@@ -1380,7 +1385,18 @@ mod x86 {
                     }
                 }
             }
-            std::array::from_fn(|k| hsum(acc[k]) - 8.0 * offset[k])
+            // Blocks after the whole groups took their scales as offset factors.
+            let rest = 8 * groups;
+            let shift = |k: usize| match (OFF, es.get(rest..), xsum[k].get(rest..)) {
+                (true, Some(e), Some(t)) => super::offset_shift(&ws[rest..], e, t),
+                _ => 0.0,
+            };
+            [
+                hsum(acc[0]) - 8.0 * offset[0] + shift(0),
+                hsum(acc[1]) - 8.0 * offset[1] + shift(1),
+                hsum(acc[2]) - 8.0 * offset[2] + shift(2),
+                hsum(acc[3]) - 8.0 * offset[3] + shift(3),
+            ]
         }
     }
 
@@ -1517,7 +1533,9 @@ mod x86 {
                 } else {
                     0.0
                 };
-                dot_q4(&w[bytes..], &ws[b..], &x[b * BLOCK..], &xs[b..], &xsum[b..]) + shift
+                let tw = &ws[b..];
+                dot_q4::<false>(&w[bytes..], (tw, tw), &x[b * BLOCK..], &xs[b..], &xsum[b..])
+                    + shift
             } else {
                 0.0
             };
@@ -1774,9 +1792,9 @@ mod x86 {
             let sums = finish4_512([a0, a1, a2, a3]);
             let b = 8 * groups;
             let tail = if b < nb {
-                let t = dot4_q4(
+                let t = dot4_q4::<false>(
                     w.tail,
-                    w.tail_scales,
+                    (w.tail_scales, w.tail_scales),
                     x.map(|r| &r[b * BLOCK..]),
                     xs.map(|r| &r[b..]),
                     xsum.map(|r| &r[b..]),
@@ -1840,7 +1858,7 @@ mod x86 {
     /// The factors of a group's offset term (see `BlockMatrix::offsets`): the group's
     /// scales `dw` for Q4_0, the eight offset factors from `es[at..]` with offsets.
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn offset_factors<const OFF: bool>(dw: __m256, es: &[u16], at: usize) -> __m256 {
         if !OFF {
             return dw;
@@ -2025,42 +2043,25 @@ mod x86 {
             let b = 8 * groups;
             let (vb, sb, vl) = (4 * b * BLOCK / 2, 4 * b, left * BLOCK / 2);
             let (xt, xst, xut) = (&x[b * BLOCK..], &xs[b..], &xsum[b..]);
-            let tail = [
-                dot_q4(&w[vb..vb + vl], &ws[sb..sb + left], xt, xst, xut),
-                dot_q4(
-                    &w[vb + vl..vb + 2 * vl],
-                    &ws[sb + left..sb + 2 * left],
-                    xt,
-                    xst,
-                    xut,
-                ),
-                dot_q4(
-                    &w[vb + 2 * vl..vb + 3 * vl],
-                    &ws[sb + 2 * left..sb + 3 * left],
-                    xt,
-                    xst,
-                    xut,
-                ),
-                dot_q4(
-                    &w[vb + 3 * vl..vb + 4 * vl],
-                    &ws[sb + 3 * left..sb + 4 * left],
-                    xt,
-                    xst,
-                    xut,
-                ),
-            ];
-            let shift = |k: usize| {
-                let at = sb + k * left;
-                match (OFF, ws.get(at..at + left), es.get(at..at + left)) {
-                    (true, Some(d), Some(e)) => super::offset_shift(d, e, xut),
-                    _ => 0.0,
-                }
+            // Row `k`'s leftover blocks, with their offset factors.
+            let tail = |k: usize| {
+                let (v, sc) = (
+                    &w[vb + k * vl..vb + (k + 1) * vl],
+                    sb + k * left..sb + (k + 1) * left,
+                );
+                let e = if OFF {
+                    es.get(sc.clone()).unwrap_or(&[])
+                } else {
+                    &ws[sc.clone()]
+                };
+                // SAFETY: the caller checked the features.
+                unsafe { dot_q4::<OFF>(v, (&ws[sc], e), xt, xst, xut) }
             };
             [
-                sums[0] + tail[0] + shift(0),
-                sums[1] + tail[1] + shift(1),
-                sums[2] + tail[2] + shift(2),
-                sums[3] + tail[3] + shift(3),
+                sums[0] + tail(0),
+                sums[1] + tail(1),
+                sums[2] + tail(2),
+                sums[3] + tail(3),
             ]
         }
     }
@@ -2154,7 +2155,13 @@ mod x86 {
     /// sum for the offset term. Pairs of blocks per step, two pairs per iteration into four
     /// accumulators.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_q4(w: &[u8], ws: &[u16], x: &[i8], xs: &[f32], xsum: &[f32]) -> f32 {
+    pub(super) unsafe fn dot_q4<const OFF: bool>(
+        w: &[u8],
+        (ws, es): (&[u16], &[u16]),
+        x: &[i8],
+        xs: &[f32],
+        xsum: &[f32],
+    ) -> f32 {
         // SAFETY: as for `dot_q8`.
         unsafe {
             let nb = ws.len();
@@ -2178,7 +2185,7 @@ mod x86 {
                         .zip(xsum.chunks_exact(8)),
                 )
                 .take(groups);
-            for ((wg, xg), ((d8, x8), t8)) in chunks {
+            for (g, ((wg, xg), ((d8, x8), t8))) in chunks.enumerate() {
                 let (Ok(wg), Ok(xg), Ok(d8), Ok(x8), Ok(t8)) = (
                     <&[u8; 4 * BLOCK]>::try_from(wg),
                     <&[i8; 8 * BLOCK]>::try_from(xg),
@@ -2191,8 +2198,9 @@ mod x86 {
                 // 128 bytes of values (two lines) per group; a scale per 16 bytes of them.
                 prefetch_ahead(wg.as_ptr(), 2, d8.as_ptr(), PREFETCH_AHEAD / 16);
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(d8.as_ptr().cast()));
+                let ow = offset_factors::<OFF>(dw, es, 8 * g);
                 let s8 = _mm256_mul_ps(dw, _mm256_loadu_ps(x8.as_ptr()));
-                off8 = _mm256_fmadd_ps(dw, _mm256_loadu_ps(t8.as_ptr()), off8);
+                off8 = _mm256_fmadd_ps(ow, _mm256_loadu_ps(t8.as_ptr()), off8);
                 for (k, a) in acc.iter_mut().enumerate() {
                     let (Ok(wp), Ok(xa), Ok(xb)) = (
                         <&[u8; BLOCK]>::try_from(&wg[k * BLOCK..(k + 1) * BLOCK]),
@@ -2251,7 +2259,13 @@ mod x86 {
                 }
             }
             let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            hsum(sum) - 8.0 * ((offset[0] + offset[1]) + (offset[2] + offset[3]))
+            // Blocks after the whole groups took their scales as offset factors.
+            let rest = 8 * groups;
+            let shift = match (OFF, es.get(rest..), xsum.get(rest..)) {
+                (true, Some(e), Some(t)) => super::offset_shift(&ws[rest..], e, t),
+                _ => 0.0,
+            };
+            hsum(sum) - 8.0 * ((offset[0] + offset[1]) + (offset[2] + offset[3])) + shift
         }
     }
 }
@@ -2414,12 +2428,7 @@ mod tests {
                 };
                 let row = |r: usize| &q[r * cols / 2..(r + 1) * cols / 2];
                 let ws = |r: usize| &bm.scales[r * nb..(r + 1) * nb];
-                // The AVX2 kernels take the scales as offset factors; the dispatch adds the
-                // difference.
-                let shift = |r: usize, t: &[f32]| match bm.offsets.get(r * nb..(r + 1) * nb) {
-                    Some(es) => offset_shift(ws(r), es, t),
-                    None => 0.0,
-                };
+                let es = |r: usize| bm.offsets.get(r * nb..(r + 1) * nb);
                 let xq: [&[i8]; 4] = std::array::from_fn(|j| &act.q[j * cols..(j + 1) * cols]);
                 let xs: [&[f32]; 4] = std::array::from_fn(|j| &act.scales[j * nb..(j + 1) * nb]);
                 let xt: [&[f32]; 4] = std::array::from_fn(|j| &act.sums[j * nb..(j + 1) * nb]);
@@ -2428,19 +2437,20 @@ mod tests {
                     // SAFETY: AVX2, FMA and F16C were found above.
                     #[allow(unsafe_code)]
                     let (one, four) = unsafe {
-                        (
-                            x86::dot_q4(row(r), ws(r), xq[0], xs[0], xt[0]),
-                            x86::dot4_q4(row(r), ws(r), xq, xs, xt),
-                        )
+                        match es(r) {
+                            Some(e) => (
+                                x86::dot_q4::<true>(row(r), (ws(r), e), xq[0], xs[0], xt[0]),
+                                x86::dot4_q4::<true>(row(r), (ws(r), e), xq, xs, xt),
+                            ),
+                            None => (
+                                x86::dot_q4::<false>(row(r), (ws(r), ws(r)), xq[0], xs[0], xt[0]),
+                                x86::dot4_q4::<false>(row(r), (ws(r), ws(r)), xq, xs, xt),
+                            ),
+                        }
                     };
-                    assert!(
-                        close(one + shift(r, xt[0]), want[0]),
-                        "{} AVX2 row {r}",
-                        at("")
-                    );
+                    assert!(close(one, want[0]), "{} AVX2 row {r}", at(""));
                     for j in 0..4 {
-                        let got = four[j] + shift(r, xt[j]);
-                        assert!(close(got, want[j]), "{} AVX2 x4 ({j}, {r})", at(""));
+                        assert!(close(four[j], want[j]), "{} AVX2 x4 ({j}, {r})", at(""));
                     }
                     if avx512() {
                         let xp: [&[i8]; 4] =
