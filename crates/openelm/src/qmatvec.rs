@@ -1528,14 +1528,9 @@ mod x86 {
             let head = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - 8.0 * hsum(off8);
             let (b, bytes) = (8 * groups, 8 * groups * BLOCK / 2);
             let tail = if b < ws.len() {
-                let shift = if OFF {
-                    super::offset_shift(&ws[b..], es.get(b..).unwrap_or(&[]), &xsum[b..])
-                } else {
-                    0.0
-                };
                 let tw = &ws[b..];
-                dot_q4::<false>(&w[bytes..], (tw, tw), &x[b * BLOCK..], &xs[b..], &xsum[b..])
-                    + shift
+                let te = if OFF { es.get(b..).unwrap_or(&[]) } else { tw };
+                dot_q4::<OFF>(&w[bytes..], (tw, te), &x[b * BLOCK..], &xs[b..], &xsum[b..])
             } else {
                 0.0
             };
@@ -1792,26 +1787,14 @@ mod x86 {
             let sums = finish4_512([a0, a1, a2, a3]);
             let b = 8 * groups;
             let tail = if b < nb {
-                let t = dot4_q4::<false>(
+                let es = if OFF { w.tail_offsets } else { w.tail_scales };
+                dot4_q4::<OFF>(
                     w.tail,
-                    (w.tail_scales, w.tail_scales),
+                    (w.tail_scales, es),
                     x.map(|r| &r[b * BLOCK..]),
                     xs.map(|r| &r[b..]),
                     xsum.map(|r| &r[b..]),
-                );
-                if OFF {
-                    let shift = |k: usize| {
-                        super::offset_shift(w.tail_scales, w.tail_offsets, &xsum[k][b..])
-                    };
-                    [
-                        t[0] + shift(0),
-                        t[1] + shift(1),
-                        t[2] + shift(2),
-                        t[3] + shift(3),
-                    ]
-                } else {
-                    t
-                }
+                )
             } else {
                 [0.0; 4]
             };
@@ -2530,6 +2513,39 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn offset_factors_reach_every_q4_kernel_and_tail() -> Result<()> {
+        // Q4_K rows are whole super-blocks, so they never have a tail: offset factors on
+        // Q4_0 rows that do (9 and 11 blocks, and 41 past a 1280-wide row) take every
+        // kernel's tail path too. The portable loop adds them as `offset_shift` says.
+        let dev = Device::Cpu;
+        for cols in [288, 352, 1312] {
+            let (n, nb) = (9, cols / BLOCK);
+            let w = Tensor::from_vec(uniform(n * cols, 0.05, 31), (n, cols), &dev)?;
+            let q = QTensor::quantize(&w, GgmlDType::Q4_0)?;
+            let (mut bm, mut tiled) = (
+                BlockMatrix::repack("w", &q, false)?,
+                BlockMatrix::repack("w", &q, true)?,
+            );
+            let e: Vec<u16> = uniform(n * nb, 0.01, 32)
+                .into_iter()
+                .map(|v| half::f16::from_f32(v).to_bits())
+                .collect();
+            let mut e_tiled = e.clone();
+            if tiled.tiled {
+                tile_in_place(&mut e_tiled, n, nb, 1);
+            }
+            bm.offsets = e;
+            tiled.offsets = e_tiled;
+            let m = 5;
+            let x = uniform(m * cols, 1.0, 33);
+            for (layout, w) in [("row-major", &bm), ("tiled", &tiled)] {
+                products_match_portable(w, &bm, &x, m, &format!("offsets cols {cols} {layout}"));
             }
         }
         Ok(())
