@@ -776,8 +776,6 @@ fn dot(
         Quants::Q4(q) => {
             let q = &q[r * cols / 2..(r + 1) * cols / 2];
             let es = w.offsets.get(r * nb..(r + 1) * nb).unwrap_or(&[]);
-            // What the offset factors add to a kernel that takes the scales in their place.
-            let shift = || offset_shift(ws, es, xsum);
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: as for Q8_0.
@@ -804,7 +802,8 @@ fn dot(
                 }
             }
             let _ = xp;
-            dot_q4(q, ws, x, xs, w.block_groups) + shift()
+            // The portable loop takes the scales as offset factors: add the difference.
+            dot_q4(q, ws, x, xs, w.block_groups) + offset_shift(ws, es, xsum)
         }
     }
 }
