@@ -7,10 +7,18 @@
 //! scores, softmax in f32, weighted sum of values — in one pass, reading the cache through
 //! its strides (no copy). A cache kept in f16 (see `Model::kv_cache_dtype`) is read at half
 //! the bytes and widened to f32 in registers.
+//!
+//! The model's one-token path runs the same step as [`decode_shares`]: the query rows cut
+//! into one part per thread, run by the decode helpers (see `helper`) like a product's rows,
+//! with no tensor op at all. Through rayon, the op's tasks cost about 40% more than the
+//! step's arithmetic on this machine.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::helper::Share;
 use crate::simd::{Rows, Wide, attend};
 
 /// `q [B, G, R, hd]` (already scaled, contiguous), `k`, `v` `[B, G, T, hd]` (last dim
@@ -48,81 +56,236 @@ impl CustomOp3 for DecodeAttention {
     }
 }
 
-/// [`DecodeAttention`] on cached keys and values of type `T`.
+/// The shapes of one decode attention step: `b` sequences, `g` KV heads of `r` query heads
+/// each, heads of `hd` values, `t` cached positions.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    b: usize,
+    g: usize,
+    r: usize,
+    hd: usize,
+    t: usize,
+}
+
+impl Dims {
+    /// Checks `q`, `k` and `v`'s layouts against each other and `k` and `v`'s against their
+    /// storages; `q_len` is the length of `q`'s storage.
+    fn of<T>(
+        (lq, lk, lv): (&Layout, &Layout, &Layout),
+        q_len: usize,
+        k: &[T],
+        v: &[T],
+    ) -> candle_core::Result<Self> {
+        let Some((q0, q1)) = lq.contiguous_offsets() else {
+            candle_core::bail!("{NAME}: q must be contiguous");
+        };
+        let (b, g, r, hd) = lq.shape().dims4()?;
+        let (kb, kg, t, khd) = lk.shape().dims4()?;
+        if lv.shape().dims4()? != (kb, kg, t, khd) || (kb, kg, khd) != (b, g, hd) {
+            candle_core::bail!(
+                "{NAME}: q {:?}, k {:?}, v {:?} do not match",
+                lq.shape(),
+                lk.shape(),
+                lv.shape()
+            );
+        }
+        if q0 != 0 || q1 > q_len {
+            candle_core::bail!("{NAME}: q must start its storage");
+        }
+        if lk.stride()[3] != 1 || lv.stride()[3] != 1 {
+            candle_core::bail!("{NAME}: k and v rows must be contiguous");
+        }
+        let d = Self { b, g, r, hd, t };
+        for bg in 0..b * g {
+            if !d.rows(k, lk, bg).holds(t) || !d.rows(v, lv, bg).holds(t) {
+                candle_core::bail!("{NAME}: the cache layout reaches past its storage");
+            }
+        }
+        Ok(d)
+    }
+
+    /// The cached rows of KV head `bg` (sequence `bg / g`, head `bg % g`) in `data`, laid
+    /// out as `l`.
+    fn rows<'a, T>(&self, data: &'a [T], l: &Layout, bg: usize) -> Rows<'a, T> {
+        let s = l.stride();
+        Rows {
+            data,
+            start: l.start_offset() + (bg / self.g) * s[0] + (bg % self.g) * s[1],
+            stride: s[2],
+            width: self.hd,
+        }
+    }
+
+    /// Query rows in all: one per query head of every sequence.
+    fn query_rows(&self) -> usize {
+        self.b * self.g * self.r
+    }
+}
+
+/// Query rows `first..first + out.len() / hd` (counted over every sequence and head, `q`'s
+/// row order) attending over the cache: each KV head the rows touch is read once for them.
+fn attend_rows<T: Wide>(
+    q: &[f32],
+    (k, lk): (&[T], &Layout),
+    (v, lv): (&[T], &Layout),
+    d: Dims,
+    first: usize,
+    out: &mut [f32],
+) {
+    if d.hd == 0 || d.r == 0 {
+        return;
+    }
+    let mut scores = Vec::new();
+    let (mut row, mut rest) = (first, out);
+    // One KV head's rows at a time: the first part may start inside a head.
+    while !rest.is_empty() {
+        let bg = row / d.r;
+        let n = (d.r - row % d.r).min(rest.len() / d.hd);
+        if n == 0 {
+            break;
+        }
+        let (mine, tail) = std::mem::take(&mut rest).split_at_mut(n * d.hd);
+        let qrows = q.get(row * d.hd..(row + n) * d.hd).unwrap_or(&[]);
+        attend(
+            qrows,
+            d.rows(k, lk, bg),
+            d.rows(v, lv, bg),
+            d.t,
+            &mut scores,
+            mine,
+        );
+        row += n;
+        rest = tail;
+    }
+}
+
+/// [`DecodeAttention`] on cached keys and values of type `T`: the query rows in two parts
+/// per thread of the pool.
 fn decode_attention<T: Wide>(
     q: &[f32],
     (lq, lk, lv): (&Layout, &Layout, &Layout),
     k: &[T],
     v: &[T],
 ) -> candle_core::Result<(CpuStorage, Shape)> {
-    let Some((q0, _)) = lq.contiguous_offsets() else {
-        candle_core::bail!("{NAME}: q must be contiguous");
-    };
-    let (b, g, r, hd) = lq.shape().dims4()?;
-    let (kb, kg, t, khd) = lk.shape().dims4()?;
-    if lv.shape().dims4()? != (kb, kg, t, khd) || (kb, kg, khd) != (b, g, hd) {
-        candle_core::bail!(
-            "{NAME}: q {:?}, k {:?}, v {:?} do not match",
-            lq.shape(),
-            lk.shape(),
-            lv.shape()
-        );
-    }
-    let (ks, vs) = (lk.stride(), lv.stride());
-    if ks[3] != 1 || vs[3] != 1 {
-        candle_core::bail!("{NAME}: k and v rows must be contiguous");
-    }
-    let mut out = vec![0f32; b * g * r * hd];
-    let rows = |data, base, stride| Rows {
-        data,
-        start: base,
-        stride,
-        width: hd,
-    };
-    for bi in 0..b {
-        for gi in 0..g {
-            let kr = rows(k, lk.start_offset() + bi * ks[0] + gi * ks[1], ks[2]);
-            let vr = rows(v, lv.start_offset() + bi * vs[0] + gi * vs[1], vs[2]);
-            if !kr.holds(t) || !vr.holds(t) {
-                candle_core::bail!("{NAME}: the cache layout reaches past its storage");
+    let d = Dims::of((lq, lk, lv), q.len(), k, v)?;
+    let mut out = vec![0f32; d.query_rows() * d.hd];
+    let parts = 2 * rayon::current_num_threads().max(1);
+    let per = d.query_rows().div_ceil(parts).max(1) * d.hd.max(1);
+    out.par_chunks_mut(per)
+        .enumerate()
+        .for_each(|(i, part)| attend_rows(q, (k, lk), (v, lv), d, i * per / d.hd.max(1), part));
+    Ok((CpuStorage::F32(out), Shape::from((d.b, d.g, d.r, d.hd))))
+}
+
+/// The attention step of one decoded position as [`Share`]s for the decode helpers: `q`
+/// `[B, G, R, hd]` (scaled, row-major), `k` and `v` the cache's `[B, G, T, hd]` views on the
+/// CPU, both f32 or both f16. Returns the share and where each of the `parts` parts starts
+/// in the `[B, G, R, hd]` output (and its end): equal numbers of query rows, so a KV head
+/// may be split between two threads (each then reads its keys and values).
+pub(crate) fn decode_shares(
+    q: Vec<f32>,
+    (b, g, r, hd): (usize, usize, usize, usize),
+    k: &Tensor,
+    v: &Tensor,
+    parts: usize,
+) -> crate::Result<(Share, Vec<usize>)> {
+    let lq = Layout::contiguous((b, g, r, hd));
+    let d = {
+        let (ks, lk) = k.storage_and_layout();
+        let (vs, lv) = v.storage_and_layout();
+        match (&*ks, &*vs) {
+            (Storage::Cpu(CpuStorage::F32(kd)), Storage::Cpu(CpuStorage::F32(vd))) => {
+                Dims::of((&lq, lk, lv), q.len(), kd, vd)?
+            }
+            (Storage::Cpu(CpuStorage::F16(kd)), Storage::Cpu(CpuStorage::F16(vd))) => {
+                Dims::of((&lq, lk, lv), q.len(), kd, vd)?
+            }
+            _ => {
+                return Err(crate::Error::InvalidArgument(format!(
+                    "{NAME}: the KV cache must be f32 or f16 on the CPU, found {:?} on {:?}",
+                    k.dtype(),
+                    k.device().location()
+                )));
             }
         }
-    }
-    // One task per group of query rows that share a KV head: each key and value row
-    // is read once per group. A model has 3 to 5 KV heads per layer; when they do not
-    // split evenly over the threads, each group is halved so the threads stay busy.
-    let threads = rayon::current_num_threads().max(1);
-    let per_task = if (b * g) % threads == 0 {
-        r
-    } else {
-        r.div_ceil(2)
     };
-    let tasks_per_head = r.div_ceil(per_task);
-    let mut parts: Vec<(usize, &mut [f32])> = Vec::with_capacity(b * g * tasks_per_head);
-    for (bg, head) in out.chunks_mut(r * hd).enumerate() {
-        for part in head.chunks_mut(per_task * hd) {
-            parts.push((bg, part));
+    let rows = d.query_rows();
+    let starts: Vec<usize> = (0..=parts.max(1))
+        .map(|p| (p * rows / parts.max(1)) * hd)
+        .collect();
+    let row_starts: Vec<usize> = starts.iter().map(|s| s / hd.max(1)).collect();
+    let (k, v) = (k.clone(), v.clone());
+    let share: Share = Arc::new(move |p, out: &mut [f32]| {
+        let first = row_starts.get(p).copied().unwrap_or(0);
+        let (ks, lk) = k.storage_and_layout();
+        let (vs, lv) = v.storage_and_layout();
+        match (&*ks, &*vs) {
+            (Storage::Cpu(CpuStorage::F32(kd)), Storage::Cpu(CpuStorage::F32(vd))) => {
+                attend_rows(&q, (kd, lk), (vd, lv), d, first, out)
+            }
+            (Storage::Cpu(CpuStorage::F16(kd)), Storage::Cpu(CpuStorage::F16(vd))) => {
+                attend_rows(&q, (kd, lk), (vd, lv), d, first, out)
+            }
+            // Checked above, and the step's views cannot change dtype.
+            _ => {}
         }
-    }
-    let first_row = |bg: usize, part: usize| bg * r + part * per_task;
-    parts
-        .par_iter_mut()
-        .enumerate()
-        .for_each_init(Vec::new, |scores, (i, (bg, orows))| {
-            let (bi, gi) = (*bg / g, *bg % g);
-            let kr = rows(k, lk.start_offset() + bi * ks[0] + gi * ks[1], ks[2]);
-            let vr = rows(v, lv.start_offset() + bi * vs[0] + gi * vs[1], vs[2]);
-            let row0 = first_row(*bg, i % tasks_per_head);
-            let qrows = &q[q0 + row0 * hd..q0 + row0 * hd + orows.len()];
-            attend(qrows, kr, vr, t, scores, orows);
-        });
-    Ok((CpuStorage::F32(out), Shape::from((b, g, r, hd))))
+    });
+    Ok((share, starts))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Tensor};
+
+    #[test]
+    fn shares_of_any_count_give_what_the_op_gives() -> crate::Result<()> {
+        let dev = Device::Cpu;
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 2.0)
+                .collect()
+        };
+        // Odd KV-head counts, so that equal shares of query rows cut through a head.
+        for (b, g, r, hd, t) in [(1, 3, 4, 64, 37), (2, 5, 2, 128, 9), (1, 1, 3, 24, 20)] {
+            for dtype in [DType::F32, DType::F16] {
+                let q = values(b * g * r * hd, 1);
+                let qt = Tensor::from_vec(q.clone(), (b, g, r, hd), &dev)?;
+                // The cache as the model holds it: views of a longer allocation.
+                let cache = |seed| -> candle_core::Result<Tensor> {
+                    Tensor::from_vec(values(b * g * 50 * hd, seed), (b, g, 50, hd), &dev)?
+                        .to_dtype(dtype)?
+                        .narrow(2, 0, t)
+                };
+                let (k, v) = (cache(2)?, cache(3)?);
+                let want = qt
+                    .apply_op3_no_bwd(&k, &v, &DecodeAttention)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                for parts in [1, 2, 3, 5] {
+                    let (share, starts) = decode_shares(q.clone(), (b, g, r, hd), &k, &v, parts)?;
+                    assert_eq!(starts.len(), parts + 1);
+                    assert_eq!(starts.last(), Some(&want.len()));
+                    let mut got = vec![f32::NAN; want.len()];
+                    for (p, w) in starts.windows(2).enumerate() {
+                        share(p, &mut got[w[0]..w[1]]);
+                    }
+                    assert_eq!(
+                        got, want,
+                        "{b}x{g}x{r}x{hd}, {t} positions, {dtype:?}, {parts} parts"
+                    );
+                }
+            }
+        }
+        // A cache the kernels cannot read is refused up front, naming what is wrong.
+        let k = Tensor::zeros((1, 2, 5, 8), DType::BF16, &dev)?;
+        let err = decode_shares(vec![0.0; 2 * 8], (1, 2, 1, 8), &k, &k, 2)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("f32 or f16") && err.contains("BF16"), "{err}");
+        Ok(())
+    }
 
     #[test]
     fn an_f16_cache_gives_what_the_same_values_in_f32_give() -> candle_core::Result<()> {

@@ -22,12 +22,28 @@ pub(crate) fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
         return;
     }
     for row in x.chunks_exact_mut(d) {
-        let mean = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let mean = sum_of_squares(row) / d as f32;
         let inv = 1.0 / (mean + eps).sqrt();
         for (v, &g) in row.iter_mut().zip(w) {
             *v = *v * inv * g;
         }
     }
+}
+
+/// `sum(x[i]^2)`, in 16 interleaved partial sums: a single running sum is one chain of
+/// dependent adds (four cycles each), which made the norms of a token cost more than its
+/// attention arithmetic.
+fn sum_of_squares(x: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Rotary embedding of one head in place, GPT-NeoX style (the first half of the head

@@ -305,7 +305,27 @@ pub fn fit_context(
 ///
 /// The model's KV cache is cleared first. Prompt and answer must fit the model's context
 /// (see [`fit_context`], which this calls with `cfg.truncate_left`).
+///
+/// The loop runs on a thread of the current rayon pool (this thread when it is one), so
+/// `on_text` is called there: each token's forward pass then starts at once, and the
+/// threads that share the decode steps' matrix products keep serving from one token to
+/// the next instead of being woken for each.
 pub fn generate(
+    model: &mut Model,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    cfg: &GenerationConfig,
+    on_text: impl FnMut(&str) -> ControlFlow<()> + Send,
+) -> Result<Generation> {
+    if rayon::current_thread_index().is_some() {
+        generate_here(model, tokenizer, prompt, cfg, on_text)
+    } else {
+        rayon::scope(|_| generate_here(model, tokenizer, prompt, cfg, on_text))
+    }
+}
+
+/// [`generate`] on the calling thread.
+fn generate_here(
     model: &mut Model,
     tokenizer: &Tokenizer,
     prompt: &[u32],

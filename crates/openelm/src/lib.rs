@@ -83,6 +83,7 @@ mod gguf;
 mod helper;
 #[cfg(feature = "hub")]
 pub mod hub;
+mod kv_cache;
 mod matvec;
 mod model;
 mod qmatvec;

@@ -4,13 +4,13 @@ use std::collections::HashMap;
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::kv_cache::KvCache;
 
 use candle_core::quantized::GgmlDType;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::helper::DecodeHelpers;
+use crate::kv_cache::KvCache;
 use crate::qmatvec::{BlockMatMul, BlockMatrix};
 use crate::source::{SafetensorsSource, TensorMap, Weight, WeightSource};
 use crate::weights::Checkpoint;
@@ -55,6 +55,14 @@ impl Linear {
     }
 
     /// Whether the weight is stored in blocks of a GGML quantized type (not a float type).
+    /// The block matrix, for block-quantized weights.
+    fn block_matrix(&self) -> Option<&std::sync::Arc<BlockMatrix>> {
+        match self {
+            Self::Blocks(b) => Some(b),
+            _ => None,
+        }
+    }
+
     fn is_block_quantized(&self) -> bool {
         match self {
             Self::Dense(_) | Self::Quantized(QMatMul::Tensor(_) | QMatMul::TensorF16(_)) => false,
@@ -374,9 +382,11 @@ impl Attention {
         rope: &Rope,
         offset: usize,
         helper: &DecodeHelpers,
+        next: Option<&std::sync::Arc<BlockMatrix>>,
     ) -> Result<Vec<f32>> {
         let (n_q, n_kv, hd) = (self.n_q, self.n_kv, self.head_dim);
         let width = (n_q + 2 * n_kv) * hd;
+        helper.next_up(self.out.block_matrix());
         let mut qkv = self.qkv.forward_rows(x, b, Some(helper))?;
         let (cos, sin) = rope.angles(offset)?;
         let scale = 1.0 / (hd as f32).sqrt();
@@ -403,15 +413,21 @@ impl Attention {
             k.extend_from_slice(ks);
             v.extend_from_slice(vs);
         }
-        let cpu = Device::Cpu;
-        let q = Tensor::from_vec(q, (b, n_kv, n_q / n_kv, hd), &cpu)?;
-        let k = Tensor::from_vec(k, (b, n_kv, 1, hd), &cpu)?.to_dtype(self.kv_dtype)?;
-        let v = Tensor::from_vec(v, (b, n_kv, 1, hd), &cpu)?.to_dtype(self.kv_dtype)?;
-        let (k, v) = self.cache.append(&k, &v)?;
-        let y = q
-            .apply_op3_no_bwd(&k, &v, &crate::attention::DecodeAttention)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let (k, v) = self
+            .cache
+            .append_rows(&k, &v, (b, n_kv, hd), self.kv_dtype)?;
+        // Each thread takes an equal share of the query heads (see `helper`).
+        let (share, starts) = crate::attention::decode_shares(
+            q,
+            (b, n_kv, n_q / n_kv, hd),
+            &k,
+            &v,
+            helper.threads(),
+        )?;
+        let mut y = vec![0f32; b * n_q * hd];
+        helper.next_up(self.out.block_matrix());
+        helper.run(&mut y, std::sync::Arc::new(starts), share);
+        helper.next_up(next);
         self.out.forward_rows(y, b, Some(helper))
     }
 }
@@ -453,12 +469,20 @@ impl Layer {
         rope: &Rope,
         offset: usize,
         helper: &DecodeHelpers,
+        next: Option<&std::sync::Arc<BlockMatrix>>,
     ) -> Result<()> {
         use crate::decode::{add, rms_norm, swiglu};
         let x = rms_norm(h, &self.attn_norm_f32, self.eps);
-        add(h, &self.attn.decode(x, b, rope, offset, helper)?);
+        add(
+            h,
+            &self
+                .attn
+                .decode(x, b, rope, offset, helper, self.proj_1.block_matrix())?,
+        );
         let x = rms_norm(h, &self.ffn_norm_f32, self.eps);
+        helper.next_up(self.proj_2.block_matrix());
         let u = self.proj_1.forward_rows(x, b, Some(helper))?;
+        helper.next_up(next);
         add(
             h,
             &self.proj_2.forward_rows(swiglu(&u, b), b, Some(helper))?,
@@ -487,6 +511,10 @@ pub struct Model {
     device: Device,
     dtype: DType,
     seq_len: usize,
+    /// The decode steps' helper threads (see `helper`), made for the pool of the first
+    /// step that runs on the host path and remade when a step runs on a pool of another
+    /// size.
+    helpers: std::sync::Mutex<Option<std::sync::Arc<DecodeHelpers>>>,
 }
 
 impl Model {
@@ -634,7 +662,7 @@ impl Model {
                     n_kv: config.num_kv_heads[i],
                     head_dim: config.head_dim,
                     eps,
-                    cache: KvCache::new(2, KV_CACHE_STEP),
+                    cache: KvCache::new(KV_CACHE_STEP),
                     kv_dtype: dtype,
                 },
                 ffn_norm,
@@ -654,6 +682,7 @@ impl Model {
             device: device.clone(),
             dtype,
             seq_len: 0,
+            helpers: std::sync::Mutex::new(None),
         };
         // Quantized weights on the CPU: the KV cache in f16 (see `kv_cache_dtype`).
         let quantized = model.layers.iter().any(|l| l.attn.qkv.is_block_quantized());
@@ -857,20 +886,28 @@ impl Model {
             if on_host {
                 let mut hv = h.flatten_all()?.to_vec1::<f32>()?;
                 let logits_here = matches!(self.lm_head, Linear::Blocks(_));
+                let helpers = &*self.decode_helpers();
                 let (layers, rope, lm_head) = (&mut self.layers, &self.rope, &self.lm_head);
                 let (norm, eps) = (&self.norm_f32, self.config.rms_norm_eps as f32);
                 // The pool's other threads serve a share of every matrix product for the
                 // whole step (see `helper`), the output projection's included.
-                let logits = DecodeHelpers::with(|helpers| -> Result<Option<Vec<f32>>> {
-                    for layer in layers.iter_mut() {
-                        layer.decode(&mut hv, b, rope, offset, helpers)?;
+                let logits = (|| -> Result<Option<Vec<f32>>> {
+                    // What each layer's last product is followed by.
+                    let nexts: Vec<_> = layers
+                        .iter()
+                        .skip(1)
+                        .map(|l| l.attn.qkv.block_matrix().cloned())
+                        .chain([lm_head.block_matrix().cloned()])
+                        .collect();
+                    for (layer, next) in layers.iter_mut().zip(&nexts) {
+                        layer.decode(&mut hv, b, rope, offset, helpers, next.as_ref())?;
                     }
                     if !logits_here {
                         return Ok(None);
                     }
                     let x = crate::decode::rms_norm(&hv, norm, eps);
                     Ok(Some(lm_head.forward_rows(x, b, Some(helpers))?))
-                })?;
+                })()?;
                 return Ok(match logits {
                     Some(y) => {
                         let vocab = y.len() / b.max(1);
@@ -910,12 +947,35 @@ impl Model {
             // One position: the host path, with the helpers, as for the layers.
             let x =
                 crate::decode::rms_norm(&h.flatten_all()?.to_vec1::<f32>()?, &self.norm_f32, eps);
-            let y = DecodeHelpers::with(|helpers| self.lm_head.forward_rows(x, b, Some(helpers)))?;
+            let y = self
+                .lm_head
+                .forward_rows(x, b, Some(&self.decode_helpers()))?;
             let vocab = y.len() / b.max(1);
             return Ok(Tensor::from_vec(y, (b, 1, vocab), &self.device)?);
         }
         let h = candle_nn::ops::rms_norm(h, &self.norm, eps)?;
         Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
+    }
+}
+
+impl Model {
+    /// The helpers for a decode step on the calling thread's pool, woken (see `helper`).
+    fn decode_helpers(&self) -> std::sync::Arc<DecodeHelpers> {
+        let want = rayon::current_num_threads().saturating_sub(1);
+        let helpers = match self.helpers.lock() {
+            Ok(mut held) => match held.as_ref().filter(|h| h.threads() == want + 1) {
+                Some(h) => std::sync::Arc::clone(h),
+                None => {
+                    let h = std::sync::Arc::new(DecodeHelpers::new(want));
+                    *held = Some(std::sync::Arc::clone(&h));
+                    h
+                }
+            },
+            // Poisoned only by a panic while swapping the Arc: use a fresh set.
+            Err(_) => std::sync::Arc::new(DecodeHelpers::new(want)),
+        };
+        helpers.wake();
+        helpers
     }
 }
 

@@ -434,6 +434,47 @@ impl BlockMatrix {
         rows(self, act, first, ys, 1);
     }
 
+    /// Hints the CPU to bring the weights of rows `first..end` into L2, at most `max_bytes`
+    /// of values (with their scales and offsets), in pieces of 4 KB; stops early when
+    /// `go_on()` turns false. For a thread with nothing to do until its share of this
+    /// matrix's product arrives.
+    pub(crate) fn prefetch_rows(
+        &self,
+        (first, end): (usize, usize),
+        max_bytes: usize,
+        mut go_on: impl FnMut() -> bool,
+    ) {
+        let (blocks, end) = (self.cols / BLOCK, end.min(self.rows));
+        if first >= end || blocks == 0 {
+            return;
+        }
+        let row_bytes = match &self.quants {
+            Quants::Q8(_) => self.cols,
+            Quants::Q4(_) => self.cols / 2,
+        };
+        // Rows, scales and offsets are stored in the same row order (whole tiles in range).
+        let rows = (end - first).min(max_bytes.div_ceil(row_bytes.max(1)));
+        let (a, b) = (first * blocks, (first + rows) * blocks);
+        let scales = self.scales.get(a..b).unwrap_or(&[]);
+        crate::simd::prefetch_l2(scales);
+        crate::simd::prefetch_l2(self.offsets.get(a..b).unwrap_or(&[]));
+        let piece = 4096 / row_bytes.max(1) + 1;
+        for r in (first..first + rows).step_by(piece) {
+            if !go_on() {
+                return;
+            }
+            let n = piece.min(first + rows - r);
+            match &self.quants {
+                Quants::Q8(v) => crate::simd::prefetch_l2(
+                    v.get(r * row_bytes..(r + n) * row_bytes).unwrap_or(&[]),
+                ),
+                Quants::Q4(v) => crate::simd::prefetch_l2(
+                    v.get(r * row_bytes..(r + n) * row_bytes).unwrap_or(&[]),
+                ),
+            }
+        }
+    }
+
     /// `[rows, cols]`.
     pub fn dims(&self) -> (usize, usize) {
         (self.rows, self.cols)

@@ -222,8 +222,8 @@ fn attend_with<T: Wide>(
         #[allow(unsafe_code)]
         unsafe {
             match (hd, kernels) {
-                (64, Kernels::Avx512) => x86::scores_512::<64, T>(q, kc, n, scores),
-                (_, Kernels::Avx512) => x86::scores_512::<128, T>(q, kc, n, scores),
+                (64, Kernels::Avx512) => x86::scores_512::<64, T>(q, kc, vc, n, scores),
+                (_, Kernels::Avx512) => x86::scores_512::<128, T>(q, kc, vc, n, scores),
                 (64, _) => x86::scores::<64, T>(q, kc, n, scores),
                 _ => x86::scores::<128, T>(q, kc, n, scores),
             }
@@ -236,11 +236,7 @@ fn attend_with<T: Wide>(
         }
     }
     for sr in scores.chunks_exact_mut(n.max(1)) {
-        let max = sr.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-        sr.iter_mut().for_each(|s| *s -= max);
-        exp_in_place(sr);
-        let inv = 1.0 / sr.iter().sum::<f32>();
-        sr.iter_mut().for_each(|s| *s *= inv);
+        softmax_in_place(sr);
     }
     out.iter_mut().for_each(|o| *o = 0.0);
     if fast {
@@ -279,6 +275,48 @@ pub(crate) fn exp_in_place(x: &mut [f32]) {
         return;
     }
     x.iter_mut().for_each(|v| *v = v.exp());
+}
+
+/// Asks for the cache lines of `s` in L2 (a hint: nothing is read). A no-op off x86-64.
+pub(crate) fn prefetch_l2<T>(s: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        let at = s.as_ptr().cast::<i8>();
+        for off in (0..std::mem::size_of_val(s)).step_by(64) {
+            // SAFETY: a prefetch only hints (SSE, in every x86-64 CPU); `off` stays inside
+            // `s` in any case.
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(off))
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = s;
+}
+
+/// `x = softmax(x)`: `exp(x_i - max x) / sum_j exp(x_j - max x)`. On AVX2 CPUs the max,
+/// the exponentials and their sum run eight lanes at a time (a scalar fold is one long
+/// chain of dependent adds: it cost a fifth of the attention step).
+pub(crate) fn softmax_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: compiled for AVX2 and FMA, which `avx2()` found on this CPU.
+        #[allow(unsafe_code)]
+        unsafe {
+            x86::softmax_in_place(x)
+        };
+        return;
+    }
+    softmax_portable(x);
+}
+
+fn softmax_portable(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    x.iter_mut().for_each(|v| *v = (*v - max).exp());
+    let inv = 1.0 / x.iter().sum::<f32>();
+    x.iter_mut().for_each(|v| *v *= inv);
 }
 
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
@@ -388,10 +426,55 @@ mod x86 {
         )
     }
 
+    /// The most values a cached row may have: the kernels take heads of 64 or 128.
+    const MAX_HD: usize = 128;
+
+    /// Asks for the cache lines of `s` to be brought into L1 (a hint: nothing is read, and
+    /// no address can fault).
+    #[inline]
+    #[target_feature(enable = "sse")]
+    unsafe fn prefetch<T>(s: &[T]) {
+        let at = s.as_ptr().cast::<i8>();
+        for off in (0..std::mem::size_of_val(s)).step_by(64) {
+            // SAFETY: a prefetch only hints; `off` stays inside `s` in any case.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off)) };
+        }
+    }
+
+    /// Rows `from..to` of `rows` (`width` values each), clipped to the slice.
+    fn rows_at<T>(rows: &[T], width: usize, from: usize, to: usize) -> &[T] {
+        let len = rows.len();
+        rows.get((from * width).min(len)..(to * width).min(len))
+            .unwrap_or(&[])
+    }
+
+    /// A block of `keys` key rows (`HD` values each) for the score kernels: `block` itself
+    /// when it is whole, else (the last block) its rows copied into `pad` and followed by
+    /// zero rows, whose scores the caller drops. Before, the last block's keys took one
+    /// scalar dot product each (f16 widened value by value): 41 of the 186 us that the
+    /// scores of a token took at 160 positions, on one thread.
+    fn padded<'a, T: Copy + Default, const HD: usize>(
+        block: &'a [T],
+        keys: usize,
+        pad: &'a mut [T; 16 * MAX_HD],
+    ) -> &'a [T] {
+        let len = keys * HD;
+        if block.len() == len {
+            return block;
+        }
+        let Some(pad) = pad.get_mut(..len) else {
+            return &[];
+        };
+        let (rows, zeros) = pad.split_at_mut(block.len().min(len));
+        rows.copy_from_slice(&block[..rows.len()]);
+        zeros.iter_mut().for_each(|v| *v = T::default());
+        pad
+    }
+
     /// Row `i` of `scores` (`n` per row) gets `q_i . k_j` for the `n` contiguous rows of
     /// `k` (`HD` values each), eight keys at a time: eight independent accumulators, one
     /// combined horizontal sum, and each block of eight key rows stays in L1 for every query
-    /// row.
+    /// row. The last, partial block runs zero-padded.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn scores<const HD: usize, T: Wide>(
         q: &[f32],
@@ -403,8 +486,13 @@ mod x86 {
         // 8-float array; register arithmetic otherwise.
         unsafe {
             let zero = [T::default(); HD];
-            let mut blocks = k.chunks_exact(8 * HD);
-            for (b, block) in (&mut blocks).enumerate() {
+            let mut pad = [T::default(); 16 * MAX_HD];
+            for (b, block) in k.chunks(8 * HD).enumerate() {
+                let count = block.len() / HD;
+                let block = padded::<T, HD>(block, 8, &mut pad);
+                if block.len() != 8 * HD {
+                    continue;
+                }
                 let rows: [&[T; HD]; 8] = std::array::from_fn(|i| {
                     <&[T; HD]>::try_from(&block[i * HD..(i + 1) * HD]).unwrap_or(&zero)
                 });
@@ -420,31 +508,12 @@ mod x86 {
                                 _mm256_fmadd_ps(qv, T::load8(&rows[i][8 * c..8 * c + 8]), acc[i]);
                         }
                     }
-                    if let Some(Ok(out)) =
-                        sr.get_mut(8 * b..8 * b + 8).map(<&mut [f32; 8]>::try_from)
-                    {
-                        _mm256_storeu_ps(out.as_mut_ptr(), sums8(acc));
+                    let mut out = [0f32; 8];
+                    _mm256_storeu_ps(out.as_mut_ptr(), sums8(acc));
+                    if let Some(dst) = sr.get_mut(8 * b..8 * b + count) {
+                        dst.copy_from_slice(&out[..count]);
                     }
                 }
-            }
-            tail_scores::<HD, T>(q, blocks.remainder(), k.len() / (8 * HD) * 8, n, scores);
-        }
-    }
-
-    /// The keys after the last whole block of [`scores`] or [`scores_512`] (`rest`, from key
-    /// `done` on), one dot product each.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tail_scores<const HD: usize, T: Wide>(
-        q: &[f32],
-        rest: &[T],
-        done: usize,
-        n: usize,
-        scores: &mut [f32],
-    ) {
-        for (qr, sr) in q.chunks_exact(HD).zip(scores.chunks_exact_mut(n)) {
-            for (s, row) in sr.iter_mut().skip(done).zip(rest.chunks_exact(HD)) {
-                *s = T::dot_row(qr, row);
             }
         }
     }
@@ -537,19 +606,31 @@ mod x86 {
         }
     }
 
-    /// [`scores`] with 512-bit vectors, sixteen keys at a time.
+    /// [`scores`] with 512-bit vectors, sixteen keys at a time. While a block is scored,
+    /// the keys two blocks on and this block's values (`v`, which the weighted sums read
+    /// after the softmax) are fetched into L1: the cache is read once per token, mostly from
+    /// memory, and its rows otherwise arrive one miss at a time.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub(super) unsafe fn scores_512<const HD: usize, T: Wide>(
         q: &[f32],
         k: &[T],
+        v: &[T],
         n: usize,
         scores: &mut [f32],
     ) {
         // SAFETY: loads go through `Wide::load16` (checked arrays of 16), stores to a checked
-        // 16-float array; register arithmetic otherwise.
+        // 16-float array; prefetches only hint; register arithmetic otherwise.
         unsafe {
-            let mut blocks = k.chunks_exact(16 * HD);
-            for (b, block) in (&mut blocks).enumerate() {
+            let mut pad = [T::default(); 16 * MAX_HD];
+            prefetch(rows_at(k, HD, 0, 32));
+            for (b, block) in k.chunks(16 * HD).enumerate() {
+                prefetch(rows_at(k, HD, 16 * b + 32, 16 * b + 48));
+                prefetch(rows_at(v, HD, 16 * b, 16 * b + 16));
+                let count = block.len() / HD;
+                let block = padded::<T, HD>(block, 16, &mut pad);
+                if block.len() != 16 * HD {
+                    continue;
+                }
                 for (qr, sr) in q.chunks_exact(HD).zip(scores.chunks_exact_mut(n)) {
                     let mut acc = [_mm512_setzero_ps(); 16];
                     for c in 0..HD / 16 {
@@ -559,15 +640,22 @@ mod x86 {
                             *a = _mm512_fmadd_ps(qv, T::load16(&block[at..at + 16]), *a);
                         }
                     }
-                    if let Some(Ok(out)) = sr
-                        .get_mut(16 * b..16 * b + 16)
-                        .map(<&mut [f32; 16]>::try_from)
-                    {
+                    if count == 16 {
+                        if let Some(Ok(out)) = sr
+                            .get_mut(16 * b..16 * b + 16)
+                            .map(<&mut [f32; 16]>::try_from)
+                        {
+                            _mm512_storeu_ps(out.as_mut_ptr(), sums16(&acc));
+                        }
+                    } else {
+                        let mut out = [0f32; 16];
                         _mm512_storeu_ps(out.as_mut_ptr(), sums16(&acc));
+                        if let Some(dst) = sr.get_mut(16 * b..16 * b + count) {
+                            dst.copy_from_slice(&out[..count]);
+                        }
                     }
                 }
             }
-            tail_scores::<HD, T>(q, blocks.remainder(), k.len() / (16 * HD) * 16, n, scores);
         }
     }
 
@@ -677,6 +765,73 @@ mod x86 {
                 let n = rest.len();
                 rest.copy_from_slice(&tmp[..n]);
             }
+        }
+    }
+
+    /// The largest of the eight lanes of `v`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn max8(v: __m256) -> f32 {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        _mm_cvtss_f32(m)
+    }
+
+    /// The sum of the eight lanes of `v`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn sum8(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// [`super::softmax_in_place`] eight lanes at a time; the last partial chunk is padded
+    /// with `-inf`, whose exponential adds nothing to the sum.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax_in_place(x: &mut [f32]) {
+        // SAFETY: 8-float loads and stores on checked 8-float arrays; register arithmetic
+        // otherwise.
+        unsafe {
+            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+            let mut chunks = x.chunks_exact(8);
+            for c in &mut chunks {
+                if let Ok(c) = <&[f32; 8]>::try_from(c) {
+                    m = _mm256_max_ps(m, _mm256_loadu_ps(c.as_ptr()));
+                }
+            }
+            let max = chunks.remainder().iter().fold(max8(m), |a, &v| a.max(v));
+            let shift = _mm256_set1_ps(max);
+            let mut sum = _mm256_setzero_ps();
+            let mut chunks = x.chunks_exact_mut(8);
+            for c in &mut chunks {
+                if let Ok(c) = <&mut [f32; 8]>::try_from(c) {
+                    let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), shift));
+                    _mm256_storeu_ps(c.as_mut_ptr(), e);
+                    sum = _mm256_add_ps(sum, e);
+                }
+            }
+            let rest = chunks.into_remainder();
+            let mut tmp = [f32::NEG_INFINITY; 8];
+            tmp[..rest.len()].copy_from_slice(rest);
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(tmp.as_ptr()), shift));
+            _mm256_storeu_ps(tmp.as_mut_ptr(), e);
+            let n = rest.len();
+            rest.copy_from_slice(&tmp[..n]);
+            let inv = _mm256_set1_ps(1.0 / sum8(_mm256_add_ps(sum, e)));
+            let mut chunks = x.chunks_exact_mut(8);
+            for c in &mut chunks {
+                if let Ok(c) = <&mut [f32; 8]>::try_from(c) {
+                    _mm256_storeu_ps(
+                        c.as_mut_ptr(),
+                        _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), inv),
+                    );
+                }
+            }
+            let inv = _mm256_cvtss_f32(inv);
+            chunks.into_remainder().iter_mut().for_each(|v| *v *= inv);
         }
     }
 

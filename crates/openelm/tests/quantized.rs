@@ -198,8 +198,12 @@ fn quantized_models_keep_the_kv_cache_in_f16() {
         assert_eq!(f.kv_cache_dtype(), DType::F16);
         let half = logits(&mut f, &tokens);
         let (d, s) = (max_diff(&half, &full), std_dev(&full));
-        // The full pass and the one-token passes read the same f16 cache and agree as in
-        // f32 (reference.rs holds f32 to 1e-4; here up to 7e-5 was measured): bound 2e-4.
+        // The full pass and the one-token passes read the same f16 cache and agree about as
+        // in f32 (reference.rs holds f32 to 1e-4). Not exactly as: the one-token path sums
+        // its norms in another order than candle's ops, and a key that lands within an f32
+        // rounding of an f16 rounding boundary is stored one f16 step (2^-11 relative) off
+        // the full pass's. Measured: up to 7.8e-5, and 2.4e-4 on hd128; bound 5e-4, ten
+        // times below what the f16 cache itself moves the logits (4e-3 to 6e-3).
         let n = tokens.len();
         let within = max_diff(&half[..n], &half[n..]);
         eprintln!(
@@ -208,7 +212,7 @@ fn quantized_models_keep_the_kv_cache_in_f16() {
         );
         assert!(d > 0.0, "{name}: the cache dtype made no difference");
         assert!(d < 0.005 * s, "{name}: {d} vs std {s}");
-        assert!(within < 2e-4, "{name}: full vs one at a time {within}");
+        assert!(within < 5e-4, "{name}: full vs one at a time {within}");
     }
     let mut q = load("tiny-gqa", Some(GgmlDType::Q8_0));
     assert_eq!(
