@@ -238,14 +238,16 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device, Tensor};
 
+    /// `n` values in [-2, 2), a different run for each seed.
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 2.0)
+            .collect()
+    }
+
     #[test]
     fn shares_of_any_count_give_what_the_op_gives() -> crate::Result<()> {
         let dev = Device::Cpu;
-        let values = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 2.0)
-                .collect()
-        };
         // Odd KV-head counts, so that equal shares of query rows cut through a head.
         for (b, g, r, hd, t) in [(1, 3, 4, 64, 37), (2, 5, 2, 128, 9), (1, 1, 3, 24, 20)] {
             for dtype in [DType::F32, DType::F16] {
@@ -290,11 +292,6 @@ mod tests {
     #[test]
     fn an_f16_cache_gives_what_the_same_values_in_f32_give() -> candle_core::Result<()> {
         let dev = Device::Cpu;
-        let values = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 2.0)
-                .collect()
-        };
         let (g, r, hd) = (2, 3, 64);
         for t in [1, 17, 40] {
             let q = Tensor::from_vec(values(g * r * hd, 1), (1, g, r, hd), &dev)?;
