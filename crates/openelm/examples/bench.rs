@@ -16,7 +16,7 @@ mod bandwidth;
 use anyhow::Result;
 use clap::Parser;
 use elmroute_openelm::{
-    Checkpoint, Config, DType, Device, Gguf, Model, OfficialSize, Tensor, parse_quant_type,
+    Checkpoint, Config, DType, Device, Gguf, Model, OfficialSize, Tensor, argmax, parse_quant_type,
     random_tensors,
 };
 
@@ -223,11 +223,4 @@ fn tempdir() -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("openelm-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i as u32)
 }

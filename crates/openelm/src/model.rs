@@ -790,7 +790,7 @@ impl Model {
     /// [`seq_len`](Model::seq_len).
     pub fn forward(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
         on_pool(|| match self.hidden(ids, offset)? {
-            Step::Logits(l) => Ok(l),
+            Step::Logits(y, b) => self.logits_tensor(y, b),
             Step::Hidden(h) => self.logits(&h),
         })
     }
@@ -800,7 +800,7 @@ impl Model {
     pub fn forward_last(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
         on_pool(|| {
             let logits = match self.hidden(ids, offset)? {
-                Step::Logits(l) => l,
+                Step::Logits(y, b) => self.logits_tensor(y, b)?,
                 Step::Hidden(h) => {
                     let s = h.dim(1)?;
                     self.logits(&h.narrow(1, s - 1, 1)?)?
@@ -814,12 +814,15 @@ impl Model {
     pub fn forward_tokens(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         let offset = self.seq_len;
         let t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        let logits = self
-            .forward_last(&t, offset)?
-            .squeeze(0)?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?;
-        if logits.iter().any(|x| !x.is_finite()) {
+        // The one-token host path hands back its logits as they are (no tensor round trip).
+        let logits = on_pool(|| match self.hidden(&t, offset)? {
+            Step::Logits(y, _) => Ok(y),
+            Step::Hidden(h) => {
+                let s = h.dim(1)?;
+                host(&self.logits(&h.narrow(1, s - 1, 1)?)?)
+            }
+        })?;
+        if !all_finite(&logits) {
             return Err(Error::NonFiniteLogits {
                 dtype: format!("{:?}", self.dtype).to_lowercase(),
             });
@@ -909,10 +912,7 @@ impl Model {
                     Ok(Some(lm_head.forward_rows(x, b, Some(helpers))?))
                 })()?;
                 return Ok(match logits {
-                    Some(y) => {
-                        let vocab = y.len() / b.max(1);
-                        Step::Logits(Tensor::from_vec(y, (b, 1, vocab), &self.device)?)
-                    }
+                    Some(y) => Step::Logits(y, b),
                     None => Step::Hidden(Tensor::from_vec(
                         hv,
                         (b, 1, self.config.model_dim),
@@ -982,7 +982,30 @@ impl Model {
 /// What [`Model::hidden`] computed: the last layer's hidden states, or the logits already.
 enum Step {
     Hidden(Tensor),
-    Logits(Tensor),
+    /// `b` rows of logits, on the host.
+    Logits(Vec<f32>, usize),
+}
+
+impl Model {
+    /// `b` rows of host logits as `[B, 1, vocab]`.
+    fn logits_tensor(&self, y: Vec<f32>, b: usize) -> Result<Tensor> {
+        let vocab = y.len() / b.max(1);
+        Ok(Tensor::from_vec(y, (b, 1, vocab), &self.device)?)
+    }
+}
+
+/// Whether every value is finite, in 16 interleaved lanes: `x * 0` is 0 for a finite `x`
+/// and NaN for an infinity or a NaN, and NaN survives any sum.
+fn all_finite(v: &[f32]) -> bool {
+    let mut acc = [0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let tail = chunks.remainder().iter().all(|x| x.is_finite());
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x * 0.0;
+        }
+    }
+    tail && acc.iter().all(|a| *a == 0.0)
 }
 
 /// Runs a forward pass on one of rayon's worker threads. The block kernels split every
@@ -1070,21 +1093,64 @@ pub fn random_tensors(
     Ok(out)
 }
 
-/// The last-dimension index of the largest value.
-pub(crate) fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
+/// The index of the largest value of `v`, the first one when several are equal (greedy
+/// decoding's choice among logits); NaN values are passed over, and an empty or all-NaN
+/// slice gives 0.
+///
+/// ```
+/// assert_eq!(elmroute_openelm::argmax(&[0.5, 2.0, -1.0, 2.0]), 1);
+/// ```
+pub fn argmax(v: &[f32]) -> u32 {
+    // The largest value in 16 interleaved lanes (NaN is passed over, as `f32::max` does),
+    // then its first index: two passes that vectorize, where one compare-and-keep-the-index
+    // pass is a chain of dependent selects (18 us per token at 32000 logits).
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = v.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = m.max(x);
         }
     }
-    best as u32
+    let max = lanes.iter().fold(tail, |m, &x| m.max(x));
+    v.iter().position(|&x| x == max).unwrap_or(0) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::quantized::GgmlDType;
+
+    #[test]
+    fn argmax_and_the_finite_check_see_every_position() {
+        for n in [1, 15, 16, 17, 40, 32000] {
+            for at in [0, n / 2, n - 1] {
+                let mut v: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.1 - 1.0).collect();
+                v[at] = 5.0;
+                assert_eq!(argmax(&v), at as u32, "{n} values, max at {at}");
+                assert!(all_finite(&v));
+                // A tie goes to the first; NaN is passed over.
+                v[n - 1] = 5.0;
+                assert_eq!(argmax(&v), at as u32);
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut w = v.clone();
+                    w[at] = bad;
+                    assert!(!all_finite(&w), "{bad} at {at} of {n}");
+                }
+                let mut w = v.clone();
+                w[(at + 1) % n] = f32::NAN;
+                if (at + 1) % n != at && (at + 1) % n != n - 1 {
+                    assert_eq!(argmax(&w), at as u32);
+                }
+            }
+        }
+        assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
+        assert!(all_finite(&[]));
+    }
 
     #[test]
     fn quantized_linear_tracks_the_dense_one() -> Result<()> {
