@@ -54,8 +54,7 @@ impl Linear {
         }
     }
 
-    /// Whether the weight is stored in blocks of a GGML quantized type (not a float type).
-    /// The block matrix, for block-quantized weights.
+    /// The block matrix, for weights on our block kernels.
     fn block_matrix(&self) -> Option<&std::sync::Arc<BlockMatrix>> {
         match self {
             Self::Blocks(b) => Some(b),
@@ -63,6 +62,7 @@ impl Linear {
         }
     }
 
+    /// Whether the weight is stored in blocks of a GGML quantized type (not a float type).
     fn is_block_quantized(&self) -> bool {
         match self {
             Self::Dense(_) | Self::Quantized(QMatMul::Tensor(_) | QMatMul::TensorF16(_)) => false,
@@ -386,6 +386,9 @@ impl Attention {
     ) -> Result<Vec<f32>> {
         let (n_q, n_kv, hd) = (self.n_q, self.n_kv, self.head_dim);
         let width = (n_q + 2 * n_kv) * hd;
+        // The out-projection comes next for the helpers: they fetch its start while this
+        // thread does the rope and the cache append, and again after their attention share
+        // (which cuts the first fetch short).
         helper.next_up(self.out.block_matrix());
         let mut qkv = self.qkv.forward_rows(x, b, Some(helper))?;
         let (cos, sin) = rope.angles(offset)?;
