@@ -35,11 +35,69 @@ use crate::simd::{avx2, avx512};
 /// Values per block, for both formats.
 const BLOCK: usize = 32;
 
+/// Values whose first one starts a 64-byte cache line, so that the kernels' 64-byte loads
+/// (and every second 32-byte one) do not straddle two lines. Large vectors come from the
+/// allocator 16 bytes past a line, so every 512-bit load of weights took two.
+#[derive(Debug, Clone)]
+pub(crate) struct Aligned<T> {
+    buf: Vec<T>,
+    start: usize,
+}
+
+impl<T: Copy + Default> Aligned<T> {
+    /// Room for `len` values, none held yet: fill with [`push`](Self::push) or
+    /// [`extend`](Self::extend), within `len` (past it the values stay correct but may lose
+    /// the alignment).
+    fn with_capacity(len: usize) -> Self {
+        let pad = 64 / std::mem::size_of::<T>().max(1);
+        let mut buf: Vec<T> = Vec::with_capacity(len + pad);
+        let start = buf.as_ptr().align_offset(64).min(pad);
+        buf.resize(start, T::default());
+        Self { buf, start }
+    }
+
+    /// `len` copies of the default value.
+    fn zeroed(len: usize) -> Self {
+        let mut a = Self::with_capacity(len);
+        a.buf.resize(a.start + len, T::default());
+        a
+    }
+
+    /// A copy of `v`.
+    fn from_slice(v: &[T]) -> Self {
+        let mut a = Self::with_capacity(v.len());
+        a.buf.extend_from_slice(v);
+        a
+    }
+
+    fn extend(&mut self, values: impl IntoIterator<Item = T>) {
+        self.buf.extend(values);
+    }
+
+    fn extend_from_slice(&mut self, values: &[T]) {
+        self.buf.extend_from_slice(values);
+    }
+}
+
+impl<T> std::ops::Deref for Aligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.buf.get(self.start..).unwrap_or(&[])
+    }
+}
+
+impl<T> std::ops::DerefMut for Aligned<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        let start = self.start;
+        self.buf.get_mut(start..).unwrap_or(&mut [])
+    }
+}
+
 /// The quantized values of a [`BlockMatrix`].
 #[derive(Debug)]
 enum Quants {
     /// One signed byte per value.
-    Q8(Vec<i8>),
+    Q8(Aligned<i8>),
     /// Two values per byte, offset by 8, packed by pairs of blocks: byte `j` (0..32) of the
     /// pair holds value `j` of the first block in its low nibble and value `j` of the second
     /// in its high nibble, so one 32-byte load and two masks give both blocks in activation
@@ -47,7 +105,7 @@ enum Quants {
     /// of 16: values `j` and `j + 16`). In a matrix laid out for the AVX-512 kernels
     /// ([`BlockMatrix::block_groups`]) each row's whole groups of [`GROUP`] blocks keep GGML's
     /// order instead, and only the blocks after them are packed by pairs.
-    Q4(Vec<u8>),
+    Q4(Aligned<u8>),
 }
 
 /// A `[rows, cols]` matrix of Q8_0 or Q4_0 blocks, in the byte layout GGUF stores (an f16
@@ -316,7 +374,7 @@ impl BlockMatrix {
         let block_groups = tiled && q.dtype() == GgmlDType::Q4_0;
         let quants = match q.dtype() {
             GgmlDType::Q8_0 => {
-                let mut v = Vec::with_capacity(rows * cols);
+                let mut v = Aligned::with_capacity(rows * cols);
                 for b in data.chunks_exact(block_bytes) {
                     scales.push(u16::from_le_bytes([b[0], b[1]]));
                     v.extend(b[2..].iter().map(|&x| x as i8));
@@ -325,7 +383,7 @@ impl BlockMatrix {
             }
             _ => {
                 let nb = cols / BLOCK;
-                let mut v = Vec::with_capacity(rows * cols / 2);
+                let mut v = Aligned::with_capacity(rows * cols / 2);
                 for row in data.chunks_exact(nb * block_bytes) {
                     let blocks: Vec<&[u8]> = row.chunks_exact(block_bytes).collect();
                     for b in &blocks {
@@ -394,10 +452,18 @@ impl BlockMatrix {
             cols: self.cols,
             scales: untile_rows(&self.scales, (first, n), shape(1), self.tiled),
             quants: match &self.quants {
-                Quants::Q8(v) => Quants::Q8(untile_rows(v, (first, n), shape(BLOCK), self.tiled)),
-                Quants::Q4(v) => {
-                    Quants::Q4(untile_rows(v, (first, n), shape(BLOCK / 2), self.tiled))
-                }
+                Quants::Q8(v) => Quants::Q8(Aligned::from_slice(&untile_rows(
+                    v,
+                    (first, n),
+                    shape(BLOCK),
+                    self.tiled,
+                ))),
+                Quants::Q4(v) => Quants::Q4(Aligned::from_slice(&untile_rows(
+                    v,
+                    (first, n),
+                    shape(BLOCK / 2),
+                    self.tiled,
+                ))),
             },
             tiled: false,
             block_groups: self.block_groups,
@@ -638,13 +704,13 @@ fn chunk_rows(rows: usize) -> usize {
 
 /// Activation rows quantized to 8 bits per 32-value block, with an f32 scale per block.
 pub(crate) struct Activations {
-    q: Vec<i8>,
+    q: Aligned<i8>,
     /// With AVX-512 only (else empty): `q` with each run of four blocks laid out as their
     /// first halves (values 0-15 of each) and then their second halves (16-31), so that one
     /// 64-byte load gives what the low nibbles of four Q4_0 blocks in GGML's order multiply,
     /// and the next load what their high nibbles multiply. Blocks after the last whole run
     /// stay in place.
-    q_halves: Vec<i8>,
+    q_halves: Aligned<i8>,
     scales: Vec<f32>,
     /// Per block, the scale times the sum of its quantized values (Q4_0's offset term).
     sums: Vec<f32>,
@@ -654,7 +720,7 @@ pub(crate) struct Activations {
 impl Activations {
     /// `for_q4`: also lay the rows out for the AVX-512 Q4_0 kernels (when the CPU has them).
     fn quantize(x: &[f32], m: usize, cols: usize, for_q4: bool) -> Self {
-        let mut q = vec![0i8; m * cols];
+        let mut q = Aligned::zeroed(m * cols);
         let mut scales = vec![0f32; m * cols / BLOCK];
         let mut sums = vec![0f32; m * cols / BLOCK];
         let avx2 = avx2();
@@ -676,7 +742,7 @@ impl Activations {
         let q_halves = if for_q4 && avx512() {
             halves_first(&q, cols)
         } else {
-            Vec::new()
+            Aligned::zeroed(0)
         };
         Self {
             q,
@@ -690,9 +756,9 @@ impl Activations {
 
 /// Rows of `cols` quantized activations with each run of four blocks laid out as their first
 /// halves, then their second halves (see [`Activations::q_halves`]).
-fn halves_first(q: &[i8], cols: usize) -> Vec<i8> {
+fn halves_first(q: &[i8], cols: usize) -> Aligned<i8> {
     const HALF: usize = BLOCK / 2;
-    let mut out = q.to_vec();
+    let mut out = Aligned::from_slice(q);
     if cols == 0 {
         return out;
     }
@@ -2340,6 +2406,43 @@ impl CustomOp1 for BlockMatMul {
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+
+    #[test]
+    fn weights_and_activations_start_on_a_cache_line() -> Result<()> {
+        for (rows, cols) in [(8, 64), (37, 256), (1152, 1280)] {
+            let v: Vec<f32> = (0..rows * cols).map(|i| (i % 13) as f32 * 0.01).collect();
+            let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu)?;
+            for dtype in [GgmlDType::Q4_0, GgmlDType::Q8_0] {
+                let w = BlockMatrix::from_qtensor("w", &QTensor::quantize(&t, dtype)?)?;
+                let at = match &w.quants {
+                    Quants::Q8(q) => q.as_ptr() as usize,
+                    Quants::Q4(q) => q.as_ptr() as usize,
+                };
+                assert_eq!(at % 64, 0, "{rows}x{cols} {dtype:?} weights");
+                let a = w.quantize_input(&vec![0.5; 3 * cols], 3);
+                assert_eq!(a.q.as_ptr() as usize % 64, 0, "activations");
+                assert_eq!(a.q.len(), 3 * cols);
+                if !a.q_halves.is_empty() {
+                    assert_eq!(
+                        a.q_halves.as_ptr() as usize % 64,
+                        0,
+                        "activations in halves"
+                    );
+                }
+                // Rows copied out of the tiles keep the alignment.
+                let cut = w.untiled(4, 3);
+                let at = match &cut.quants {
+                    Quants::Q8(q) => q.as_ptr() as usize,
+                    Quants::Q4(q) => q.as_ptr() as usize,
+                };
+                assert_eq!(at % 64, 0, "untiled rows");
+            }
+        }
+        let a = Aligned::from_slice(&[1u16, 2, 3]);
+        assert_eq!((&*a, a.as_ptr() as usize % 64), (&[1u16, 2, 3][..], 0));
+        assert!(Aligned::<f32>::zeroed(0).is_empty());
+        Ok(())
+    }
 
     /// Deterministic values uniform in [-a, a).
     fn uniform(n: usize, a: f32, seed: u64) -> Vec<f32> {
