@@ -1023,8 +1023,8 @@ fn prompt_512(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], 
     // The band's rows are one run of memory in either layout: ask for all of it at once (a
     // tiled row read on its own is a strided walk that the hardware prefetchers follow
     // poorly).
-    x86::prefetch_all(w.scales.get(first * nb..(first + n) * nb).unwrap_or(&[]));
-    x86::prefetch_all(
+    crate::simd::prefetch_l1(w.scales.get(first * nb..(first + n) * nb).unwrap_or(&[]));
+    crate::simd::prefetch_l1(
         q.get(first * cols / 2..(first + n) * cols / 2)
             .unwrap_or(&[]),
     );
@@ -1194,17 +1194,6 @@ mod x86 {
     /// (`examples/kernels.rs`). A prefetch past the end of the matrix is only a hint: the
     /// address is never read.
     const PREFETCH_AHEAD: usize = 6144;
-
-    /// Prefetch hints (into L1) for every 64-byte line of `v`: a prompt band's rows, which
-    /// the first group of activation rows then reads from cache, tiled or not.
-    pub(super) fn prefetch_all<T>(v: &[T]) {
-        let (at, bytes) = (v.as_ptr().cast::<u8>(), std::mem::size_of_val(v));
-        for off in (0..bytes).step_by(64) {
-            // SAFETY: `prefetcht0` is a hint: it reads nothing architecturally and cannot
-            // fault; the address lies inside `v` in any case.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off).cast()) };
-        }
-    }
 
     /// Prefetch hints (into L1) for the 64-byte lines at `at + PREFETCH_AHEAD` bytes, for
     /// `lines` lines, and for the scale line `scales_at + scale_ahead` elements ahead.

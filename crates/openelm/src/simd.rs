@@ -277,23 +277,40 @@ pub(crate) fn exp_in_place(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v = v.exp());
 }
 
-/// Asks for the cache lines of `s` in L2 (a hint: nothing is read). A no-op off x86-64.
+/// Asks for every 64-byte line of `s` in L1 (a hint: nothing is read). A no-op off x86-64.
+#[inline(always)]
+pub(crate) fn prefetch_l1<T>(s: &[T]) {
+    prefetch_lines(s, false);
+}
+
+/// Asks for every 64-byte line of `s` in L2 (a hint: nothing is read). A no-op off x86-64.
+#[inline(always)]
 pub(crate) fn prefetch_l2<T>(s: &[T]) {
+    prefetch_lines(s, true);
+}
+
+/// [`prefetch_l1`] (`l2` false) or [`prefetch_l2`].
+#[inline(always)]
+fn prefetch_lines<T>(s: &[T], l2: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1, _mm_prefetch};
         let at = s.as_ptr().cast::<i8>();
         for off in (0..std::mem::size_of_val(s)).step_by(64) {
-            // SAFETY: a prefetch only hints (SSE, in every x86-64 CPU); `off` stays inside
-            // `s` in any case.
+            // SAFETY: a prefetch only hints (SSE, in every x86-64 CPU): it reads nothing
+            // architecturally and cannot fault; `off` stays inside `s` in any case.
             #[allow(unsafe_code)]
             unsafe {
-                _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(off))
-            };
+                if l2 {
+                    _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(off));
+                } else {
+                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off));
+                }
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = s;
+    let _ = (s, l2);
 }
 
 /// `x = softmax(x)`: `exp(x_i - max x) / sum_j exp(x_j - max x)`. On AVX2 CPUs the max,
@@ -429,18 +446,6 @@ mod x86 {
 
     /// The most values a cached row may have: the kernels take heads of 64 or 128.
     const MAX_HD: usize = 128;
-
-    /// Asks for the cache lines of `s` to be brought into L1 (a hint: nothing is read, and
-    /// no address can fault).
-    #[inline]
-    #[target_feature(enable = "sse")]
-    unsafe fn prefetch<T>(s: &[T]) {
-        let at = s.as_ptr().cast::<i8>();
-        for off in (0..std::mem::size_of_val(s)).step_by(64) {
-            // SAFETY: a prefetch only hints; `off` stays inside `s` in any case.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(off)) };
-        }
-    }
 
     /// Rows `from..to` of `rows` (`width` values each), clipped to the slice.
     fn rows_at<T>(rows: &[T], width: usize, from: usize, to: usize) -> &[T] {
@@ -623,10 +628,10 @@ mod x86 {
         // 16-float array; prefetches only hint; register arithmetic otherwise.
         unsafe {
             let mut pad = [T::default(); 16 * MAX_HD];
-            prefetch(rows_at(k, HD, 0, 32));
+            super::prefetch_l1(rows_at(k, HD, 0, 32));
             for (b, block) in k.chunks(16 * HD).enumerate() {
-                prefetch(rows_at(k, HD, 16 * b + 32, 16 * b + 48));
-                prefetch(rows_at(v, HD, 16 * b, 16 * b + 16));
+                super::prefetch_l1(rows_at(k, HD, 16 * b + 32, 16 * b + 48));
+                super::prefetch_l1(rows_at(v, HD, 16 * b, 16 * b + 16));
                 let count = block.len() / HD;
                 let block = padded::<T, HD>(block, 16, &mut pad);
                 if block.len() != 16 * HD {
