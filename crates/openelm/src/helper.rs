@@ -145,6 +145,9 @@ struct Job {
     starts: Arc<Vec<usize>>,
     claims: Arc<Claims>,
     me: usize,
+    /// Values in the helper's own share: its result's room, reserved once (growing it chunk
+    /// by chunk reallocated several times per product).
+    own: usize,
 }
 
 /// What travels between the caller and one helper.
@@ -291,7 +294,7 @@ impl DecodeHelpers {
                 let job = me.take();
                 let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
                     Slot::Job(j) => {
-                        let (mut ran, mut values) = (Vec::new(), Vec::new());
+                        let (mut ran, mut values) = (Vec::new(), Vec::with_capacity(j.own));
                         j.claims.drain(j.me, |c| {
                             if let (Some(&a), Some(&b)) = (j.starts.get(c), j.starts.get(c + 1)) {
                                 let at = values.len();
@@ -375,6 +378,7 @@ impl DecodeHelpers {
                     starts: Arc::clone(&starts),
                     claims: Arc::clone(&claims),
                     me: i + 1,
+                    own: starts[bounds[i + 2]] - starts[bounds[i + 1]],
                 }));
                 lane.state.store(POSTED, Ordering::Release);
                 *posted = true;
