@@ -15,11 +15,12 @@
 //! F16C; that submodule and its call sites are the only `unsafe` code here. Elsewhere
 //! (and as the reference in tests) a portable Rust loop does the same arithmetic.
 //!
-//! With AVX-512 (F, BW, VNNI and GFNI) Q4_0 matrices are laid out for the 512-bit kernels:
-//! in tiles of four rows, group by group, each group's bytes interleaved in 4-byte steps
-//! (see [`tile_in_place`] and [`tile_pos`]). A 64-byte load then holds a step of four rows'
-//! four blocks, four `vpdpbusd` leave each 32-bit lane with one block's whole product, and
-//! one conversion and one multiply-add apply sixteen blocks' scales. The activations come
+//! With AVX2 (and AVX-512: F, BW, VNNI and GFNI) Q4_0 matrices are laid out for the tile
+//! kernels: in tiles of four rows, group by group, each group's bytes interleaved in 4-byte
+//! steps (see [`tile_in_place`] and [`tile_pos`]). A 64-byte load then holds a step of four
+//! rows' four blocks, four `vpdpbusd` leave each 32-bit lane with one block's whole product
+//! (AVX2 takes each step as two 32-byte halves, with `vpmaddubsw`), and one conversion and
+//! one multiply-add apply sixteen blocks' scales. The activations come
 //! laid out to match (`Activations::q_steps`). The decode and the prompt kernels read the
 //! tiles in place, the prompt kernel for four activation rows per load; each group keeps
 //! GGML's byte order, so that both nibbles of a byte belong to the same block (see
@@ -105,7 +106,7 @@ enum Quants {
     /// pair holds value `j` of the first block in its low nibble and value `j` of the second
     /// in its high nibble, so one 32-byte load and two masks give both blocks in activation
     /// order. A row's last block, when the row has an odd count, keeps GGML's order (byte `j`
-    /// of 16: values `j` and `j + 16`). In a matrix laid out for the AVX-512 kernels
+    /// of 16: values `j` and `j + 16`). In a matrix laid out for the tile kernels
     /// ([`BlockMatrix::block_groups`]) each row's whole groups of [`GROUP`] blocks keep GGML's
     /// order instead, and only the blocks after them are packed by pairs.
     Q4(Aligned<u8>),
@@ -113,7 +114,8 @@ enum Quants {
 
 /// A `[rows, cols]` matrix of Q8_0 or Q4_0 blocks, in the byte layout GGUF stores (an f16
 /// scale per 32 values), split into a scale array and a value array so that the kernels read
-/// each as one stream; with AVX-512, runs of four rows are tiled for the decode kernels.
+/// each as one stream; with AVX2 (and AVX-512), Q4_0 runs of four rows are tiled for the
+/// tile kernels.
 #[derive(Debug)]
 pub struct BlockMatrix {
     rows: usize,
@@ -122,13 +124,14 @@ pub struct BlockMatrix {
     scales: Vec<u16>,
     quants: Quants,
     /// Whether runs of [`TILE`] rows are stored tiled (see [`tile_in_place`]) for the
-    /// AVX-512 kernels, which read four rows as one stream. Rows after the last whole run
+    /// tile kernels (AVX2 and AVX-512), which read four rows as one stream. Rows after the last whole run
     /// are row-major, where they would be anyway.
     tiled: bool,
-    /// Q4_0 laid out for the AVX-512 kernels: each row's whole groups of [`GROUP`] blocks in
-    /// GGML's order, so that the low and the high nibbles of a 4-byte lane belong to the same
-    /// block and one `vpdpbusd` chain, one conversion and one multiply-add serve both (with
-    /// the pair layout each needed its own). Kept by [`untiled`](Self::untiled) copies.
+    /// Q4_0 laid out for the tile kernels and the AVX-512 row kernels: each row's whole
+    /// groups of [`GROUP`] blocks in GGML's order, so that the low and the high nibbles of a
+    /// 4-byte lane belong to the same block and one chain of integer products, one
+    /// conversion and one multiply-add serve both (with the pair layout each needed its
+    /// own). Kept by [`untiled`](Self::untiled) copies.
     block_groups: bool,
     /// Q4_K weights held as Q4_0 blocks: per block (f16 bits, in the order of `scales`,
     /// tiled alike) the factor `e` of its offset term. A Q4_0 block is `d (q - 8)`: the
@@ -283,9 +286,9 @@ impl BlockMatrix {
     /// value instead of 4.5, on the Q4_0 kernels.
     pub fn from_qtensor(name: &str, q: &QTensor) -> Result<Self> {
         if q.dtype() == GgmlDType::Q4K {
-            return Self::from_q4k(name, q, avx512());
+            return Self::from_q4k(name, q, avx2());
         }
-        Self::repack(name, q, avx512())
+        Self::repack(name, q, avx2())
     }
 
     /// [`from_qtensor`](Self::from_qtensor) for Q4_K.
@@ -351,8 +354,7 @@ impl BlockMatrix {
         Ok(m)
     }
 
-    /// [`from_qtensor`](Self::from_qtensor), with Q4_0 tiled for the AVX-512 decode kernel
-    /// or not.
+    /// [`from_qtensor`](Self::from_qtensor), with Q4_0 tiled for the tile kernels or not.
     fn repack(name: &str, q: &QTensor, tiled: bool) -> Result<Self> {
         let bad = |detail: String| Error::Quantization {
             name: name.to_string(),
@@ -492,7 +494,8 @@ impl BlockMatrix {
         (p * self.rows / parts.max(1)) / TILE * TILE
     }
 
-    /// Whether the values are Q4_0 (whose AVX-512 kernels read activations re-laid out).
+    /// Whether the values are Q4_0 (whose tile and AVX-512 kernels read activations re-laid
+    /// out).
     fn is_q4(&self) -> bool {
         matches!(self.quants, Quants::Q4(_))
     }
@@ -719,10 +722,11 @@ pub(crate) struct Activations {
     /// and the next load what their high nibbles multiply. Blocks after the last whole run
     /// stay in place.
     q_halves: Aligned<i8>,
-    /// With AVX-512 only (else empty): `q_halves` with each 64-byte run's 4-byte steps
-    /// gathered: step `s` of its four blocks' halves (16 bytes), then step `s + 1`. One
-    /// 16-byte broadcast of it is what a step of the tile kernels' weights multiplies (see
-    /// [`tile_pos`]).
+    /// With AVX2 (else empty): `q_halves`' order with each 64-byte run's 4-byte steps
+    /// gathered, step `s` of its four blocks' halves (16 bytes) then step `s + 1`, and each
+    /// step's 16 bytes written [`STEP_COPIES`] times: one 64-byte load of it (32 bytes with
+    /// AVX2) is what a step of the tile kernels' weights multiplies (see [`tile_pos`]).
+    /// Plain loads ran the prompt kernel 1.2x as fast as 16-byte broadcasts.
     q_steps: Aligned<i8>,
     scales: Vec<f32>,
     /// Per block, the scale times the sum of its quantized values (Q4_0's offset term).
@@ -731,7 +735,8 @@ pub(crate) struct Activations {
 }
 
 impl Activations {
-    /// `for_q4`: also lay the rows out for the AVX-512 Q4_0 kernels (when the CPU has them).
+    /// `for_q4`: also lay the rows out for the tile and AVX-512 Q4_0 kernels (when the CPU
+    /// has them).
     fn quantize(x: &[f32], m: usize, cols: usize, for_q4: bool) -> Self {
         let mut q = Aligned::zeroed(m * cols);
         let mut scales = vec![0f32; m * cols / BLOCK];
@@ -752,10 +757,11 @@ impl Activations {
                 *sum = d * total as f32;
             }
         }
-        let (q_halves, q_steps) = if for_q4 && avx512() {
+        let (q_halves, q_steps) = if for_q4 && avx2 {
             let halves = halves_first(&q, cols);
             let steps = steps_first(&halves, cols);
-            (halves, steps)
+            // The halves themselves are read by the AVX-512 row kernels only.
+            (if avx512() { halves } else { Aligned::zeroed(0) }, steps)
         } else {
             (Aligned::zeroed(0), Aligned::zeroed(0))
         };
@@ -973,7 +979,7 @@ fn rows(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], m: usi
     }
     let tiled = first < w.tiled_rows();
     #[cfg(target_arch = "x86_64")]
-    if tiled && avx512() && fours_decode(w, act) {
+    if tiled && avx2() && tiles_ready(w, act) {
         // The whole tiles in range on the tile kernels, any other row on its own.
         let end = first + n;
         let t0 = first.next_multiple_of(TILE).min(end);
@@ -1021,10 +1027,10 @@ fn rows(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], m: usi
 }
 
 /// The tiles of weight rows `first..` against every activation row into `out` (`m` values
-/// per weight row): groups of four activation rows on the prompt kernel (a group against
-/// every tile while it is in L1), the others one at a time on the decode kernel. Only
-/// called when `avx512()` and [`fours_decode`] hold, with `first` a multiple of [`TILE`]
-/// and whole tiles in range.
+/// per weight row). With AVX-512: groups of four activation rows on the prompt kernel, the
+/// others one at a time on the decode kernel; with AVX2 only, every row on its decode
+/// kernel. Only called when `avx2()` and [`tiles_ready`] hold, with `first` a multiple of
+/// [`TILE`] and whole tiles in range.
 #[cfg(target_arch = "x86_64")]
 fn tile_rows(w: &BlockMatrix, act: &Activations, first: usize, out: &mut [f32], m: usize) {
     /// Row `j` of `v` (rows of `len`).
@@ -1045,6 +1051,26 @@ fn tile_rows(w: &BlockMatrix, act: &Activations, first: usize, out: &mut [f32], 
         false => w.offsets.get(first * nb..),
     };
     let steps = STEP_COPIES * cols;
+    if !avx512() {
+        for j in 0..m {
+            let x = (
+                nth(&act.q_steps, j, steps),
+                nth(&act.q, j, cols),
+                nth(&act.scales, j, nb),
+                nth(&act.sums, j, nb),
+            );
+            // SAFETY: compiled for AVX2, FMA and F16C, which the caller checked with
+            // `avx2()`.
+            #[allow(unsafe_code)]
+            unsafe {
+                match offsets {
+                    Some(es) => x86::tiles_q4_256::<true>(values, (scales, es), x, (out, m, j)),
+                    None => x86::tiles_q4_256::<false>(values, (scales, scales), x, (out, m, j)),
+                }
+            }
+        }
+        return;
+    }
     for g in 0..m / 4 {
         let at = |k: usize| 4 * g + k;
         let x = (
@@ -1055,8 +1081,8 @@ fn tile_rows(w: &BlockMatrix, act: &Activations, first: usize, out: &mut [f32], 
             ),
             std::array::from_fn(|k| nth(&act.q, at(k), cols)),
         );
-        // SAFETY: compiled for AVX-512 F, BW, VNNI, GFNI, AVX2, FMA and F16C, which the
-        // caller checked with `avx512()`.
+        // SAFETY: compiled for AVX-512 F, BW, VNNI, GFNI, AVX2, FMA and F16C, which
+        // `avx512()` found above.
         #[allow(unsafe_code)]
         unsafe {
             match offsets {
@@ -1150,13 +1176,18 @@ fn prompt_512(w: &BlockMatrix, act: &Activations, first: usize, ys: &mut [f32], 
     }
 }
 
-/// Whether the AVX-512 Q4_0 kernels ([`tile_rows`], [`prompt_512`]) take this matrix and
-/// these activations: Q4_0 laid out for them, with the activations in halves and steps.
+/// Whether the AVX-512 Q4_0 row kernel ([`prompt_512`]) takes this matrix and these
+/// activations: Q4_0 with whole groups in GGML's order, the activations in halves.
 #[cfg(target_arch = "x86_64")]
 fn fours_decode(w: &BlockMatrix, act: &Activations) -> bool {
-    w.block_groups
-        && act.q_halves.len() == act.q.len()
-        && act.q_steps.len() == STEP_COPIES * act.q.len()
+    w.block_groups && act.q_halves.len() == act.q.len()
+}
+
+/// Whether the tile kernels ([`tile_rows`]) take this matrix and these activations: Q4_0
+/// laid out for them, the activations in steps.
+#[cfg(target_arch = "x86_64")]
+fn tiles_ready(w: &BlockMatrix, act: &Activations) -> bool {
+    w.block_groups && act.q_steps.len() == STEP_COPIES * act.q.len()
 }
 
 /// Weight row `r` against activation rows `4g..4g + 4`, into `out` (4 values). Only called
@@ -2239,7 +2270,7 @@ mod x86 {
     /// `x` (as many as given, up to four): the tail of the tile kernels, on [`dot4_q4`] or
     /// [`dot_q4`].
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_tail<const OFF: bool>(
         w: &[u8],
         (ws, es): (&[u16], &[u16]),
@@ -2475,6 +2506,176 @@ mod x86 {
             let mut acc = [zero; 4];
             tile4_runs::<OFF>(&mut acc, w, (ws, es), (xst, xs, xsum), 0..nb / 8 * 8);
             tile4_finish::<OFF>(&acc, w, (ws, es), (x, xs, xsum))
+        }
+    }
+
+    /// [`tile_run`]'s products for AVX2: the run's two halves (rows 0-1 and rows 2-3, 32
+    /// bytes of each 64-byte step) against the activation run `xq` (the first 32 bytes of
+    /// each step's copies). Lane `4k + j` of each half is its row `k`'s block `j`. The 16-bit
+    /// products of all eight steps are added before widening: each is at most 2 * 15 * 127 in
+    /// size, eight of them 30480, inside an `i16`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_products_256(run: &[u8; 8 * BLOCK], xq: &[i8; 16 * BLOCK]) -> [__m256i; 2] {
+        // SAFETY: 32-byte loads from checked 32-byte arrays; register arithmetic otherwise.
+        unsafe {
+            let low = _mm256_set1_epi8(0x0F);
+            let (mut p0, mut p1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for s in 0..4 {
+                let (Some(Ok(r0)), Some(Ok(r1)), Some(Ok(xl)), Some(Ok(xh))) = (
+                    run.get(64 * s..64 * s + 32).map(<&[u8; 32]>::try_from),
+                    run.get(64 * s + 32..64 * s + 64).map(<&[u8; 32]>::try_from),
+                    xq.get(64 * s..64 * s + 32).map(<&[i8; 32]>::try_from),
+                    xq.get(256 + 64 * s..256 + 64 * s + 32)
+                        .map(<&[i8; 32]>::try_from),
+                ) else {
+                    continue;
+                };
+                let (xl, xh) = (load32(xl), load32(xh));
+                let r0 = _mm256_loadu_si256(r0.as_ptr().cast());
+                let r1 = _mm256_loadu_si256(r1.as_ptr().cast());
+                let (l0, h0) = (
+                    _mm256_and_si256(r0, low),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(r0), low),
+                );
+                let (l1, h1) = (
+                    _mm256_and_si256(r1, low),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(r1), low),
+                );
+                p0 = _mm256_add_epi16(p0, _mm256_maddubs_epi16(l0, xl));
+                p1 = _mm256_add_epi16(p1, _mm256_maddubs_epi16(l1, xl));
+                p0 = _mm256_add_epi16(p0, _mm256_maddubs_epi16(h0, xh));
+                p1 = _mm256_add_epi16(p1, _mm256_maddubs_epi16(h1, xh));
+            }
+            let ones = _mm256_set1_epi16(1);
+            [_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones)]
+        }
+    }
+
+    /// A run's 16 f16 scales as two vectors: rows 0-1's and rows 2-3's.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn halves_256(d: &[u16; 16]) -> (__m256, __m256) {
+        // SAFETY: two 16-byte loads from a 32-byte array.
+        unsafe {
+            (
+                _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().add(8).cast())),
+            )
+        }
+    }
+
+    /// [`rows4_q4_512`] for CPUs with AVX2 but not AVX-512: the same tiles, each run read as
+    /// two halves of two rows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn rows4_q4_256<const OFF: bool>(
+        w: &[u8],
+        (ws, es): (&[u16], &[u16]),
+        xst: &[i8],
+        x: &[i8],
+        xs: &[f32],
+        xsum: &[f32],
+    ) -> [f32; 4] {
+        // SAFETY: as for `dot_q4`.
+        unsafe {
+            let nb = xs.len();
+            let groups = nb / 8;
+            if w.len() < 4 * nb * BLOCK / 2 || ws.len() < 4 * nb || xsum.len() < nb {
+                return [0.0; 4];
+            }
+            let z = _mm256_setzero_ps();
+            // Per half: the sum and the offset sum.
+            let (mut a0, mut o0, mut a1, mut o1) = (z, z, z, z);
+            for g in 0..groups {
+                let Ok(group) =
+                    <&[u8; 16 * BLOCK]>::try_from(&w[16 * BLOCK * g..16 * BLOCK * (g + 1)])
+                else {
+                    continue;
+                };
+                prefetch_ahead(
+                    group.as_ptr(),
+                    8,
+                    ws.as_ptr().wrapping_add(32 * g),
+                    PREFETCH_AHEAD / 16,
+                );
+                for h in 0..2 {
+                    let (r, at) = (8 * g + 4 * h, 32 * g + 16 * h);
+                    let (Ok(run), Some(Ok(xq)), Some(Ok(xs4)), Some(Ok(t4)), Some(Ok(d))) = (
+                        <&[u8; 8 * BLOCK]>::try_from(&group[256 * h..256 * (h + 1)]),
+                        xst.get(4 * BLOCK * r..4 * BLOCK * (r + 4))
+                            .map(<&[i8; 16 * BLOCK]>::try_from),
+                        xs.get(r..r + 4).map(<&[f32; 4]>::try_from),
+                        xsum.get(r..r + 4).map(<&[f32; 4]>::try_from),
+                        ws.get(at..at + 16).map(<&[u16; 16]>::try_from),
+                    ) else {
+                        continue;
+                    };
+                    let e = match OFF {
+                        true => es.get(at..at + 16).map(<&[u16; 16]>::try_from),
+                        false => Some(Ok(d)),
+                    };
+                    let Some(Ok(e)) = e else {
+                        continue;
+                    };
+                    let [i0, i1] = tile_products_256(run, xq);
+                    let (d0, d1) = halves_256(d);
+                    let (e0, e1) = if OFF { halves_256(e) } else { (d0, d1) };
+                    let xb = _mm256_broadcast_ps(&_mm_loadu_ps(xs4.as_ptr()));
+                    let tb = _mm256_broadcast_ps(&_mm_loadu_ps(t4.as_ptr()));
+                    a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_mul_ps(d0, xb), a0);
+                    a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(d1, xb), a1);
+                    o0 = _mm256_fmadd_ps(e0, tb, o0);
+                    o1 = _mm256_fmadd_ps(e1, tb, o1);
+                }
+            }
+            let m8 = _mm256_set1_ps(8.0);
+            let (v0, v1) = (_mm256_fnmadd_ps(o0, m8, a0), _mm256_fnmadd_ps(o1, m8, a1));
+            // Lanes 0 and 4 of the result: rows 0 and 1 of half 0; 1 and 5: rows 2 and 3.
+            let u = _mm256_hadd_ps(v0, v1);
+            let u = _mm256_hadd_ps(u, u);
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), u);
+            let sums = [lanes[0], lanes[4], lanes[1], lanes[5]];
+            if nb.is_multiple_of(8) {
+                return sums;
+            }
+            let rows = ([x; 4], [xs; 4], [xsum; 4]);
+            std::array::from_fn(|k| sums[k] + tile_tail::<OFF>(w, (ws, es), k, rows, true)[0])
+        }
+    }
+
+    /// [`tiles_q4_512`] with [`rows4_q4_256`]: every tile of `w` against activation row `j`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tiles_q4_256<const OFF: bool>(
+        w: &[u8],
+        (ws, es): (&[u16], &[u16]),
+        (xst, x, xs, xsum): (&[i8], &[i8], &[f32], &[f32]),
+        (out, m, j): (&mut [f32], usize, usize),
+    ) {
+        let nb = xs.len();
+        let (tw, ts) = (4 * nb * BLOCK / 2, 4 * nb);
+        for (t, rows) in out.chunks_exact_mut(4 * m).enumerate() {
+            let (Some(w4), Some(ws4)) = (w.get(t * tw..(t + 1) * tw), ws.get(t * ts..(t + 1) * ts))
+            else {
+                return;
+            };
+            let es4 = if OFF {
+                es.get(t * ts..(t + 1) * ts).unwrap_or(&[])
+            } else {
+                ws4
+            };
+            // SAFETY: the features are this function's.
+            let y = unsafe { rows4_q4_256::<OFF>(w4, (ws4, es4), xst, x, xs, xsum) };
+            if m == 1 {
+                rows.copy_from_slice(&y);
+            } else {
+                for (k, v) in y.into_iter().enumerate() {
+                    if let Some(o) = rows.get_mut(k * m + j) {
+                        *o = v;
+                    }
+                }
+            }
         }
     }
 
@@ -3042,10 +3243,32 @@ mod tests {
                     }
                 }
                 // Each tile of four weight rows against activation row 0 (the decode
-                // kernel) and against activation rows 0-3 (the prompt kernel).
+                // kernels) and against activation rows 0-3 (the prompt kernel).
                 let Quants::Q4(q) = &tiled.quants else {
                     return Err(Error::InvalidArgument("expected Q4 blocks".into()));
                 };
+                for r in [0, 4] {
+                    let ws = &tiled.scales[r * nb..(r + 4) * nb];
+                    let w4 = &q[r * cols / 2..(r + 4) * cols / 2];
+                    let es = tiled.offsets.get(r * nb..(r + 4) * nb);
+                    let xst = &act.q_steps[..STEP_COPIES * cols];
+                    // SAFETY: AVX2, FMA and F16C were found above.
+                    #[allow(unsafe_code)]
+                    let one = unsafe {
+                        match es {
+                            Some(es) => {
+                                x86::rows4_q4_256::<true>(w4, (ws, es), xst, xq[0], xs[0], xt[0])
+                            }
+                            None => {
+                                x86::rows4_q4_256::<false>(w4, (ws, ws), xst, xq[0], xs[0], xt[0])
+                            }
+                        }
+                    };
+                    for (k, &got) in one.iter().enumerate() {
+                        let want = portable(&bm, &act, r + k, 0);
+                        assert!(close(got, want), "{} AVX2 rows x4 ({r}+{k})", at(""));
+                    }
+                }
                 if avx512() {
                     let xst: [&[i8]; 4] = std::array::from_fn(|j| {
                         &act.q_steps[j * STEP_COPIES * cols..(j + 1) * STEP_COPIES * cols]
@@ -3372,7 +3595,7 @@ mod tests {
         let x: Vec<f32> = (0..cols).map(|i| (i % 97) as f32 - 48.0).collect();
         let act = Activations::quantize(&x, 1, cols, true);
         if act.q_steps.is_empty() {
-            assert!(!avx512(), "steps are laid out whenever AVX-512 is used");
+            assert!(!avx2(), "steps are laid out whenever AVX2 is used");
             return;
         }
         for g in 0..2 {
