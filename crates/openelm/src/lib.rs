@@ -76,6 +76,7 @@ mod attention;
 mod chat_template;
 mod config;
 mod decode;
+mod elementwise;
 mod engine;
 mod error;
 mod generation;

@@ -325,7 +325,6 @@ impl Attention {
         let q = rope.apply(&q, offset)?;
         let k = rope.apply(&k, offset)?.to_dtype(self.kv_dtype)?;
         let (k, v) = self.cache.append(&k, &v.to_dtype(self.kv_dtype)?)?;
-        let t = k.dim(2)?;
 
         // Grouped-query attention without copying the KV heads: query heads g*rep..(g+1)*rep
         // share KV head g, so fold them into the row dimension of one matmul per KV head.
@@ -348,10 +347,7 @@ impl Attention {
         let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
         let scores = q.matmul(&k.t()?)?;
         let scores = match mask {
-            Some(mask) => scores
-                .reshape((b, n_kv, rep, s, t))?
-                .broadcast_add(mask)?
-                .reshape((b, n_kv, rep * s, t))?,
+            Some(mask) => crate::elementwise::add_mask(&scores, mask)?,
             None => scores,
         };
         // candle sums a softmax row in the tensor's own dtype; in bf16/f16 a long row of small
@@ -456,11 +452,12 @@ impl Layer {
         offset: usize,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
+        use crate::elementwise::{add, swiglu};
         let x = candle_nn::ops::rms_norm(h, &self.attn_norm, self.eps)?;
-        let h = (h + self.attn.forward(&x, rope, offset, mask)?)?;
+        let h = add(h, &self.attn.forward(&x, rope, offset, mask)?)?;
         let x = candle_nn::ops::rms_norm(&h, &self.ffn_norm, self.eps)?;
-        let x = candle_nn::ops::swiglu(&self.proj_1.forward(&x)?)?;
-        Ok((h + self.proj_2.forward(&x)?)?)
+        let x = swiglu(&self.proj_1.forward(&x)?)?;
+        add(&h, &self.proj_2.forward(&x)?)
     }
 
     /// One position of `b` sequences on host vectors, `h` (`b` rows of the model width)
