@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Generated tokens' weight traffic as a fraction of memory bandwidth, measured in pairs.
+
+This machine's memory bandwidth changes state within minutes (about 45 GB/s or about 70 GB/s
+with two threads here), sometimes within one `bench` run, so a bandwidth measured once after
+the runs (`bench --bandwidth-mib`) can belong to the other state. Here each round measures the
+bandwidth (`membw`) right before and right after one `bench` run, and keeps the round only when
+the two agree within 8%: the fraction is the run's weight GB/s over their mean. Rounds are
+grouped by state.
+
+    cargo build -p elmroute-openelm --release --example bench --example membw
+    python3 crates/openelm/benches/bound_fraction.py target/release/examples \\
+        /tmp/openelm270m-q4_0.gguf 20
+
+Prints each round, then per state the number of rounds kept and the median, lowest and
+highest fraction.
+"""
+import json
+import re
+import statistics
+import subprocess
+import sys
+
+
+def bandwidth(examples):
+    out = subprocess.run([f"{examples}/membw", "--mib", "512", "--reps", "2"],
+                         capture_output=True, text=True, check=True).stdout
+    # The two-thread line: "2 thread(s): 48.0 GB/s read (...)".
+    return float(re.search(r"2 thread\(s\): ([\d.]+) GB/s", out).group(1))
+
+
+def generated(examples, gguf):
+    out = subprocess.run([f"{examples}/bench", "--gguf", gguf, "--reps", "2", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["gen_weight_gb_per_s"]
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    examples, gguf, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    states = {"slow (< 55 GB/s)": [], "fast (>= 55 GB/s)": []}
+    for r in range(rounds):
+        before = bandwidth(examples)
+        gen = generated(examples, gguf)
+        after = bandwidth(examples)
+        mean = (before + after) / 2
+        kept = abs(before - after) <= 0.08 * mean
+        fraction = gen / mean
+        print(f"round {r + 1}: membw {before:.1f} / {after:.1f} GB/s, generation {gen:.1f} GB/s "
+              f"= {100 * fraction:.0f}%{'' if kept else ' (state changed: dropped)'}",
+              flush=True)
+        if kept:
+            states["fast (>= 55 GB/s)" if mean >= 55 else "slow (< 55 GB/s)"].append(fraction)
+    for name, fractions in states.items():
+        if fractions:
+            print(f"{name}: {len(fractions)} rounds, median {100 * statistics.median(fractions):.0f}% "
+                  f"(lowest {100 * min(fractions):.0f}%, highest {100 * max(fractions):.0f}%)")
+        else:
+            print(f"{name}: no rounds kept")
+
+
+if __name__ == "__main__":
+    main()
