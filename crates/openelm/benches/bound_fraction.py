@@ -6,13 +6,15 @@ with two threads here), sometimes within one `bench` run, so a bandwidth measure
 the runs (`bench --bandwidth-mib`) can belong to the other state. Here each round measures the
 bandwidth (`membw`) right before and right after one `bench` run, and keeps the round only when
 the two agree within 8%: the fraction is the run's weight GB/s over their mean. Rounds are
-grouped by state.
+grouped by state. With several builds (folders holding `bench`; `membw` comes from the
+first), each round runs them in turn, each between two bandwidth passes, so that they are
+compared in the same states.
 
     cargo build -p elmroute-openelm --release --example bench --example membw
-    python3 crates/openelm/benches/bound_fraction.py target/release/examples \\
-        /tmp/openelm270m-q4_0.gguf 20
+    python3 crates/openelm/benches/bound_fraction.py /tmp/openelm270m-q4_0.gguf 20 \\
+        target/release/examples [/tmp/old-build ...]
 
-Prints each round, then per state the number of rounds kept and the median, lowest and
+Prints each run, then per build and state the number of runs kept and the median, lowest and
 highest fraction.
 """
 import json
@@ -36,28 +38,33 @@ def generated(examples, gguf):
 
 
 def main():
-    if len(sys.argv) != 4:
+    if len(sys.argv) < 4:
         sys.exit(__doc__)
-    examples, gguf, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    states = {"slow (< 55 GB/s)": [], "fast (>= 55 GB/s)": []}
+    gguf, rounds, builds = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    membw = builds[0]
+    states = ("slow (< 55 GB/s)", "fast (>= 55 GB/s)")
+    kept = {(b, s): [] for b in builds for s in states}
     for r in range(rounds):
-        before = bandwidth(examples)
-        gen = generated(examples, gguf)
-        after = bandwidth(examples)
-        mean = (before + after) / 2
-        kept = abs(before - after) <= 0.08 * mean
-        fraction = gen / mean
-        print(f"round {r + 1}: membw {before:.1f} / {after:.1f} GB/s, generation {gen:.1f} GB/s "
-              f"= {100 * fraction:.0f}%{'' if kept else ' (state changed: dropped)'}",
-              flush=True)
-        if kept:
-            states["fast (>= 55 GB/s)" if mean >= 55 else "slow (< 55 GB/s)"].append(fraction)
-    for name, fractions in states.items():
+        before = bandwidth(membw)
+        for build in builds:
+            gen = generated(build, gguf)
+            after = bandwidth(membw)
+            mean = (before + after) / 2
+            keep = abs(before - after) <= 0.08 * mean
+            fraction = gen / mean
+            print(f"round {r + 1} {build}: membw {before:.1f} / {after:.1f} GB/s, generation "
+                  f"{gen:.1f} GB/s = {100 * fraction:.0f}%{'' if keep else ' (state changed: dropped)'}",
+                  flush=True)
+            if keep:
+                kept[(build, states[1] if mean >= 55 else states[0])].append(fraction)
+            before = after
+    for (build, state), fractions in kept.items():
         if fractions:
-            print(f"{name}: {len(fractions)} rounds, median {100 * statistics.median(fractions):.0f}% "
-                  f"(lowest {100 * min(fractions):.0f}%, highest {100 * max(fractions):.0f}%)")
+            print(f"{build}, {state}: {len(fractions)} runs, median "
+                  f"{100 * statistics.median(fractions):.0f}% (lowest {100 * min(fractions):.0f}%, "
+                  f"highest {100 * max(fractions):.0f}%)")
         else:
-            print(f"{name}: no rounds kept")
+            print(f"{build}, {state}: no runs kept")
 
 
 if __name__ == "__main__":

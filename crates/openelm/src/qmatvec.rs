@@ -2645,76 +2645,62 @@ mod x86 {
         }
     }
 
-    /// [`tiles_q4_512`] with [`rows4_q4_256`]: every tile of `w` against activation row `j`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn tiles_q4_256<const OFF: bool>(
-        w: &[u8],
-        (ws, es): (&[u16], &[u16]),
-        (xst, x, xs, xsum): (&[i8], &[i8], &[f32], &[f32]),
-        (out, m, j): (&mut [f32], usize, usize),
-    ) {
-        let nb = xs.len();
-        let (tw, ts) = (4 * nb * BLOCK / 2, 4 * nb);
-        for (t, rows) in out.chunks_exact_mut(4 * m).enumerate() {
-            let (Some(w4), Some(ws4)) = (w.get(t * tw..(t + 1) * tw), ws.get(t * ts..(t + 1) * ts))
-            else {
-                return;
-            };
-            let es4 = if OFF {
-                es.get(t * ts..(t + 1) * ts).unwrap_or(&[])
-            } else {
-                ws4
-            };
-            // SAFETY: the features are this function's.
-            let y = unsafe { rows4_q4_256::<OFF>(w4, (ws4, es4), xst, x, xs, xsum) };
-            if m == 1 {
-                rows.copy_from_slice(&y);
-            } else {
-                for (k, v) in y.into_iter().enumerate() {
-                    if let Some(o) = rows.get_mut(k * m + j) {
-                        *o = v;
+    /// Defines `$name`: `$tile` for every tile of `w` (values of whole tiles, from a tile's
+    /// start; `ws`, `es`: their scales and offset factors) against activation row `j`, row
+    /// `k` of tile `t` into `out[(4t + k) * m + j]`, for as many tiles as `out` has room for
+    /// (rows of `m`): one call per product share instead of one per tile. Compiled with
+    /// `$features`, the tile kernel's own, so that the kernel is inlined into the loop.
+    macro_rules! tiles_fn {
+        ($(#[$doc:meta])* $name:ident, $tile:ident, $features:literal) => {
+            $(#[$doc])*
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<const OFF: bool>(
+                w: &[u8],
+                (ws, es): (&[u16], &[u16]),
+                (xst, x, xs, xsum): (&[i8], &[i8], &[f32], &[f32]),
+                (out, m, j): (&mut [f32], usize, usize),
+            ) {
+                let nb = xs.len();
+                let (tw, ts) = (4 * nb * BLOCK / 2, 4 * nb);
+                for (t, rows) in out.chunks_exact_mut(4 * m).enumerate() {
+                    let (Some(w4), Some(ws4)) =
+                        (w.get(t * tw..(t + 1) * tw), ws.get(t * ts..(t + 1) * ts))
+                    else {
+                        return;
+                    };
+                    let es4 = if OFF {
+                        es.get(t * ts..(t + 1) * ts).unwrap_or(&[])
+                    } else {
+                        ws4
+                    };
+                    // SAFETY: the features are this function's.
+                    let y = unsafe { $tile::<OFF>(w4, (ws4, es4), xst, x, xs, xsum) };
+                    if m == 1 {
+                        rows.copy_from_slice(&y);
+                    } else {
+                        for (k, v) in y.into_iter().enumerate() {
+                            if let Some(o) = rows.get_mut(k * m + j) {
+                                *o = v;
+                            }
+                        }
                     }
                 }
             }
-        }
+        };
     }
 
-    /// [`rows4_q4_512`] for every tile of `w` (values of whole tiles, from a tile's start;
-    /// `ws`, `es`: their scales and offset factors) against activation row `j`: row `k` of
-    /// tile `t` goes to `out[(4t + k) * m + j]`, for as many tiles as `out` has room for
-    /// (rows of `m`). One call per product share instead of one per tile.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni")]
-    pub(super) unsafe fn tiles_q4_512<const OFF: bool>(
-        w: &[u8],
-        (ws, es): (&[u16], &[u16]),
-        (xst, x, xs, xsum): (&[i8], &[i8], &[f32], &[f32]),
-        (out, m, j): (&mut [f32], usize, usize),
-    ) {
-        let nb = xs.len();
-        let (tw, ts) = (4 * nb * BLOCK / 2, 4 * nb);
-        for (t, rows) in out.chunks_exact_mut(4 * m).enumerate() {
-            let (Some(w4), Some(ws4)) = (w.get(t * tw..(t + 1) * tw), ws.get(t * ts..(t + 1) * ts))
-            else {
-                return;
-            };
-            let es4 = if OFF {
-                es.get(t * ts..(t + 1) * ts).unwrap_or(&[])
-            } else {
-                ws4
-            };
-            // SAFETY: the features are this function's.
-            let y = unsafe { rows4_q4_512::<OFF>(w4, (ws4, es4), xst, x, xs, xsum) };
-            if m == 1 {
-                rows.copy_from_slice(&y);
-            } else {
-                for (k, v) in y.into_iter().enumerate() {
-                    if let Some(o) = rows.get_mut(k * m + j) {
-                        *o = v;
-                    }
-                }
-            }
-        }
-    }
+    tiles_fn!(
+        /// The decode loop with AVX-512: [`rows4_q4_512`] for every tile.
+        tiles_q4_512,
+        rows4_q4_512,
+        "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni"
+    );
+    tiles_fn!(
+        /// The decode loop with AVX2 alone: [`rows4_q4_256`] for every tile.
+        tiles_q4_256,
+        rows4_q4_256,
+        "avx2,fma,f16c"
+    );
 
     /// The prompt kernel for Q4_0 with AVX-512: every tile of `w` (as for [`tiles_q4_512`])
     /// against activation rows `4g..4g + 4` (`steps` in the order of `Activations::q_steps`
