@@ -15,8 +15,8 @@
 //!   `clear_kv_cache()`. Its projections are [`Linear`]: dense, quantized with candle's
 //!   kernels, or Q8_0/Q4_0/Q4_K [`BlockMatrix`] blocks on this crate's CPU kernels (8-bit
 //!   activations, integer dot products, AVX-512 VNNI or AVX2 when the CPU has them, weights
-//!   prefetched ahead of the reads; with AVX-512, Q4_0 rows stored in tiles of four that the
-//!   decode kernel reads as one stream). In f32 on the CPU, decoding one position runs the
+//!   prefetched ahead of the reads; with AVX2 or AVX-512, Q4_0 rows stored in tiles of four,
+//!   interleaved in 4-byte steps, that the kernels read as one stream, four rows per load). In f32 on the CPU, decoding one position runs the
 //!   layers on plain vectors between the matrix products, with attention over the KV cache
 //!   in one op per layer, instead of two dozen tensor ops per layer. With block-quantized
 //!   weights the KV cache is kept in f16 ([`Model::kv_cache_dtype`],
