@@ -16,9 +16,9 @@ use crate::error::Result;
 /// Values per rayon task: enough that a task is worth its hand-off.
 const CHUNK: usize = 16 * 1024;
 
-/// Whether `t` can take the f32 path: an f32 tensor on the CPU.
+/// Whether `t` can take the f32 path: a contiguous f32 tensor on the CPU.
 fn f32_cpu(t: &Tensor) -> bool {
-    t.dtype() == DType::F32 && t.device().is_cpu()
+    t.dtype() == DType::F32 && t.device().is_cpu() && t.is_contiguous()
 }
 
 /// `a + b` (same shape).
@@ -196,7 +196,14 @@ mod tests {
             let b = Tensor::from_vec(uniform(rows * width, 2), (1, rows, width), &dev)?;
             close(&add(&a, &b)?, &(&a + &b)?, 0.0)?;
             close(&swiglu(&a)?, &candle_nn::ops::swiglu(&a)?, 1e-5)?;
-            // The same in f16 takes candle's ops.
+            // A strided view, and the same in f16, take candle's ops.
+            let at = a.transpose(1, 2)?;
+            assert!(!at.is_contiguous());
+            close(
+                &add(&at, &b.transpose(1, 2)?)?,
+                &(&at + &b.transpose(1, 2)?)?,
+                0.0,
+            )?;
             let (a16, b16) = (a.to_dtype(DType::F16)?, b.to_dtype(DType::F16)?);
             assert_eq!(add(&a16, &b16)?.dtype(), DType::F16);
             close(
