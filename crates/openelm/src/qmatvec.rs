@@ -758,10 +758,12 @@ impl Activations {
             }
         }
         let (q_halves, q_steps) = if for_q4 && avx2 {
-            let halves = halves_first(&q, cols);
-            let steps = steps_first(&halves, cols);
-            // The halves themselves are read by the AVX-512 row kernels only.
-            (if avx512() { halves } else { Aligned::zeroed(0) }, steps)
+            // The halves are read by the AVX-512 row kernels only.
+            let halves = match avx512() {
+                true => halves_first(&q, cols),
+                false => Aligned::zeroed(0),
+            };
+            (halves, steps_first(&q, cols))
         } else {
             (Aligned::zeroed(0), Aligned::zeroed(0))
         };
@@ -799,32 +801,30 @@ fn halves_first(q: &[i8], cols: usize) -> Aligned<i8> {
     out
 }
 
-/// Rows of `cols` activations in halves (see [`halves_first`]) with the 4-byte steps of each
-/// whole run of four blocks' halves gathered (see [`Activations::q_steps`]).
-fn steps_first(halves: &[i8], cols: usize) -> Aligned<i8> {
-    let mut out = Aligned::zeroed(STEP_COPIES * halves.len());
+/// Rows of `cols` quantized activations `q` in the order of [`Activations::q_steps`]: each
+/// whole run of four blocks as its first halves' 4-byte steps, then its second halves',
+/// each step (those 4 bytes of the four blocks) written [`STEP_COPIES`] times; zeros for the
+/// blocks after the last whole run. Written in order, in one pass.
+fn steps_first(q: &[i8], cols: usize) -> Aligned<i8> {
+    let mut out = Aligned::with_capacity(STEP_COPIES * q.len());
     if cols == 0 {
         return out;
     }
-    for (src, dst) in halves
-        .chunks_exact(cols)
-        .zip(out.chunks_exact_mut(STEP_COPIES * cols))
-    {
-        let whole = cols / (4 * BLOCK) * 4 * BLOCK;
-        for (s64, d64) in src[..whole]
-            .chunks_exact(64)
-            .zip(dst.chunks_exact_mut(STEP_COPIES * 64))
-        {
-            // Step `s` of block `k`'s half goes to step `s`'s slot `k`, in each copy.
-            for (i, step) in s64.chunks_exact(4).enumerate() {
-                let to = (i % 4 * 4 + i / 4) * 4;
-                let (s, k) = (to / 16, to % 16);
-                for c in 0..STEP_COPIES {
-                    let at = s * 16 * STEP_COPIES + 16 * c + k;
-                    d64[at..at + 4].copy_from_slice(step);
+    let whole = cols / (4 * BLOCK) * 4 * BLOCK;
+    for row in q.chunks_exact(cols) {
+        for run in row[..whole].chunks_exact(4 * BLOCK) {
+            for at in (0..BLOCK).step_by(4) {
+                // Bytes `at..at + 4` of each of the four blocks: one step.
+                let mut step = [0i8; 16];
+                for (dst, block) in step.chunks_exact_mut(4).zip(run.chunks_exact(BLOCK)) {
+                    dst.copy_from_slice(&block[at..at + 4]);
+                }
+                for _ in 0..STEP_COPIES {
+                    out.extend_from_slice(&step);
                 }
             }
         }
+        out.extend(std::iter::repeat_n(0, STEP_COPIES * (cols - whole)));
     }
     out
 }
@@ -3024,6 +3024,10 @@ mod tests {
                         "activations in halves"
                     );
                 }
+                if !a.q_steps.is_empty() {
+                    assert_eq!(a.q_steps.as_ptr() as usize % 64, 0, "activations in steps");
+                    assert_eq!(a.q_steps.len(), STEP_COPIES * a.q.len());
+                }
                 // Rows copied out of the tiles keep the alignment.
                 let cut = w.untiled(4, 3);
                 let at = match &cut.quants {
@@ -3565,7 +3569,8 @@ mod tests {
     fn activation_steps_gather_what_each_tile_step_multiplies() {
         // Step `s` of run `h` of a group (16 bytes at `128h + 64 half + 16s`) holds values
         // `16 half + 4s..+4` of blocks `4h..4h + 4`.
-        let cols = 2 * 8 * BLOCK;
+        // Two groups and a leftover block, which the steps leave as zeros.
+        let cols = 2 * 8 * BLOCK + BLOCK;
         let x: Vec<f32> = (0..cols).map(|i| (i % 97) as f32 - 48.0).collect();
         let act = Activations::quantize(&x, 1, cols, true);
         if act.q_steps.is_empty() {
@@ -3587,6 +3592,12 @@ mod tests {
                 }
             }
         }
+        assert_eq!(act.q_steps.len(), STEP_COPIES * cols);
+        assert!(
+            act.q_steps[STEP_COPIES * 16 * BLOCK..]
+                .iter()
+                .all(|&v| v == 0)
+        );
     }
 
     #[test]
