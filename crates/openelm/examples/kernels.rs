@@ -1,9 +1,11 @@
 //! Throughput of the block kernels on one activation row (the decode step), in GB/s of
 //! weights: a matrix that stays in cache (the kernel's own speed), many distinct small
 //! matrices streamed from memory one call each (as a layer's projections are), and one large
-//! matrix of the same total size (the cost of a call boundary is the difference). With
-//! `--prompt M`, also the prompt kernels: the cached matrix against `M` activation rows at
-//! once, in activation rows (tokens) per second.
+//! matrix of the same total size (the cost of a call boundary is the difference), and the
+//! small matrices again through the decode step's helper threads, one product after
+//! another as a decode step runs its projections (what the boundaries between a step's
+//! products cost the model). With `--prompt M`, also the prompt kernels: the cached matrix
+//! against `M` activation rows at once, in activation rows (tokens) per second.
 //!
 //! ```sh
 //! cargo run -p elmroute-openelm --release --example kernels -- --dtype q4_0
@@ -15,7 +17,7 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::quantized::QTensor;
 use clap::Parser;
-use elmroute_openelm::{BlockMatrix, Device, Tensor, parse_quant_type};
+use elmroute_openelm::{BlockMatrix, Device, Tensor, decode_products, parse_quant_type};
 
 #[derive(Debug, Parser)]
 #[command(about = "Measure the Q8_0 / Q4_0 decode kernels")]
@@ -76,32 +78,41 @@ fn main() -> Result<()> {
         .map(|_| matrix(rows, cols, dtype))
         .collect::<Result<_>>()?;
     let large = matrix(rows * count, cols, dtype)?;
+    // The same small matrices for the decode step's helpers, which take shared ones.
+    let shared: Vec<std::sync::Arc<BlockMatrix>> =
+        small.into_iter().map(std::sync::Arc::new).collect();
     let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
     let mut y = vec![0f32; rows * count];
     // Run on the pool, as the model does: the caller's thread takes part in the work.
-    let (cached, streamed, single) = rayon::scope(|_| {
+    let (cached, streamed, single, stepped) = rayon::scope(|_| {
         let cached = best_gbps(args.reps, one.size_in_bytes() * 20, || {
             for _ in 0..20 {
                 one.matmul(&x, 1, &mut y[..rows]);
             }
         });
-        let total: usize = small.iter().map(BlockMatrix::size_in_bytes).sum();
+        let total: usize = shared.iter().map(|m| m.size_in_bytes()).sum();
         let streamed = best_gbps(args.reps, total, || {
-            for m in &small {
+            for m in &shared {
                 m.matmul(&x, 1, &mut y[..rows]);
             }
         });
         let single = best_gbps(args.reps, large.size_in_bytes(), || {
             large.matmul(&x, 1, &mut y);
         });
-        (cached, streamed, single)
+        let stepped = decode_products(&shared, &x, args.reps)
+            .0
+            .iter()
+            .map(|t| total as f64 / t.as_secs_f64() / 1e9)
+            .fold(0f64, f64::max);
+        (cached, streamed, single, stepped)
     });
     println!(
-        "{} {rows}x{cols}, {} threads: in cache {cached:.1} GB/s; {count} matrices from memory {streamed:.1} GB/s ({:.1} us per call); one {}x{cols} matrix {single:.1} GB/s",
+        "{} {rows}x{cols}, {} threads: in cache {cached:.1} GB/s; {count} matrices from memory {streamed:.1} GB/s ({:.1} us per call); one {}x{cols} matrix {single:.1} GB/s; the small ones through the decode helpers {stepped:.1} GB/s ({:.1} us per product)",
         args.dtype,
         rayon::current_num_threads(),
         one.size_in_bytes() as f64 / streamed / 1e3,
-        rows * count
+        rows * count,
+        one.size_in_bytes() as f64 / stepped / 1e3
     );
     if args.prompt > 0 {
         let m = args.prompt;

@@ -434,6 +434,42 @@ impl DecodeHelpers {
     }
 }
 
+/// Runs the decode products `y = w x` of every matrix in `ws` in turn, `passes` times, the
+/// way a decode step runs its projections: on the calling rayon pool's threads, through
+/// [`DecodeHelpers`], each product's input quantized by the caller and the next matrix
+/// announced to the helpers; matrices not `x.len()` wide are skipped. Returns each pass's
+/// time and the last product's output. For the `kernels` example, which times it against
+/// one large product of the same bytes: the difference is what the boundaries between a
+/// decode step's products cost. Call it on a pool thread (inside `rayon::scope` or
+/// `install`), as the model's forward passes run.
+#[doc(hidden)]
+pub fn decode_products(
+    ws: &[Arc<BlockMatrix>],
+    x: &[f32],
+    passes: usize,
+) -> (Vec<Duration>, Vec<f32>) {
+    let helpers = Arc::new(DecodeHelpers::new(
+        rayon::current_num_threads().saturating_sub(1),
+    ));
+    let mut y = Vec::new();
+    let mut times = Vec::with_capacity(passes);
+    for _ in 0..passes {
+        let start = Instant::now();
+        helpers.wake();
+        for (i, w) in ws.iter().enumerate() {
+            let (rows, cols) = w.dims();
+            if cols != x.len() {
+                continue;
+            }
+            y = vec![0f32; rows];
+            helpers.next_up(ws.get(i + 1));
+            helpers.split(w, w.quantize_input(x, 1), &mut y);
+        }
+        times.push(start.elapsed());
+    }
+    (times, y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,6 +534,24 @@ mod tests {
             h.wake();
             h.split(&w, w.quantize_input(&x, 1), &mut y);
         });
+        assert_eq!(y, want);
+        Ok(())
+    }
+
+    #[test]
+    fn decode_products_runs_every_pass_through_the_helpers() -> crate::Result<()> {
+        let (a, b, narrow) = (matrix(40, 64)?, matrix(24, 64)?, matrix(8, 32)?);
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.7).cos()).collect();
+        let mut want = vec![0f32; 24];
+        b.matmul(&x, 1, &mut want);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .map_err(|e| crate::Error::InvalidArgument(e.to_string()))?;
+        let ws = [a, b, narrow];
+        let (times, y) = pool.install(|| decode_products(&ws, &x, 3));
+        assert_eq!(times.len(), 3);
+        // The last matrix is 32 wide, not 64: skipped, so `y` is `b`'s product.
         assert_eq!(y, want);
         Ok(())
     }

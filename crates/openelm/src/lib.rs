@@ -99,6 +99,8 @@ pub use engine::{LoadOptions, ModelFiles, OpenElm, ProgressFn};
 pub use error::{Error, Result};
 pub use generation::{Generation, GenerationConfig, Sampler, fit_context, generate};
 pub use gguf::{GGUF_ARCHITECTURE, Gguf};
+#[doc(hidden)]
+pub use helper::decode_products;
 pub use model::{Linear, Model, argmax, random_tensors};
 pub use qmatvec::BlockMatrix;
 pub use source::{parse_quant_type, quant_type_for};
