@@ -54,17 +54,6 @@ const PREFETCH_BYTES: usize = 256 << 10;
 /// 128 KB, and 4 or 16 chunks per thread, measured the same (within 1-2%).
 const MAX_CHUNK_BYTES: usize = 256 << 10;
 
-/// Numbers the products that [`DecodeHelpers::split`] runs, so that a helper knows
-/// whether its copy of the activations ([`LOCAL_ACTIVATIONS`]) is the current product's.
-static PRODUCTS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// A helper's copy of the activations of the product it works on, and that product's
-    /// number.
-    static LOCAL_ACTIVATIONS: std::cell::RefCell<Option<(u64, Activations)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
 /// No job.
 const EMPTY: u8 = 0;
 /// A job waits in the slot.
@@ -78,13 +67,8 @@ const DONE: u8 = 3;
 /// (packed in one atomic), claimed by its owner from the front and by the other threads
 /// from the back.
 struct Claims {
-    shares: Vec<Line>,
+    shares: Vec<AtomicU64>,
 }
-
-/// An atomic alone on its cache lines (two: the CPU may fetch a line's neighbour with it),
-/// so that a thread claiming from its own share never takes the line holding another's.
-#[repr(align(128))]
-struct Line(AtomicU64);
 
 impl Claims {
     /// Share `s` holds chunks `bounds[s]..bounds[s + 1]`.
@@ -92,7 +76,7 @@ impl Claims {
         Self {
             shares: bounds
                 .windows(2)
-                .map(|w| Line(AtomicU64::new(pack(w[0], w[1]))))
+                .map(|w| AtomicU64::new(pack(w[0], w[1])))
                 .collect(),
         }
     }
@@ -113,7 +97,7 @@ impl Claims {
         s: usize,
         take: impl Fn(usize, usize) -> Option<((usize, usize), usize)>,
     ) -> Option<usize> {
-        let cell = &self.shares.get(s)?.0;
+        let cell = self.shares.get(s)?;
         let mut cur = cell.load(Ordering::Acquire);
         loop {
             let (f, b) = unpack(cur);
@@ -360,30 +344,11 @@ impl DecodeHelpers {
         starts.dedup();
         let starts = Arc::new(starts);
         let (w, act, at) = (Arc::clone(w), Arc::new(act), Arc::clone(&starts));
-        // The caller reads its own activations; a helper reads them once, into a copy of
-        // its own (see `Activations::local_copy`), kept for this product's other chunks.
-        let (caller, product) = (
-            std::thread::current().id(),
-            PRODUCTS.fetch_add(1, Ordering::Relaxed),
-        );
         self.run(
             y,
             starts,
             Arc::new(move |c, out| {
-                let first = at.get(c).copied().unwrap_or(0);
-                if std::thread::current().id() == caller {
-                    w.rows_decode(&act, first, out);
-                    return;
-                }
-                LOCAL_ACTIVATIONS.with(|local| {
-                    let mut local = local.borrow_mut();
-                    if local.as_ref().is_none_or(|(p, _)| *p != product) {
-                        *local = Some((product, act.local_copy()));
-                    }
-                    if let Some((_, mine)) = local.as_ref() {
-                        w.rows_decode(mine, first, out);
-                    }
-                });
+                w.rows_decode(&act, at.get(c).copied().unwrap_or(0), out);
             }),
         );
     }

@@ -776,37 +776,6 @@ impl Activations {
             cols,
         }
     }
-
-    /// A copy made by the thread that will read it, for a decode helper: only the
-    /// quantized values and their scales are read from the caller's copy; the layouts for
-    /// the kernels (four times the values' bytes, in steps) are rebuilt here. When the two
-    /// threads sit on different dies, every cache line that crosses between them costs a
-    /// round trip of about 400 ns on this machine (60-180 ns on one die).
-    pub(crate) fn local_copy(&self) -> Self {
-        let q = Aligned::from_slice(&self.q);
-        let for_q4 = !self.q_steps.is_empty() || !self.q_halves.is_empty();
-        let (q_halves, q_steps) = if for_q4 {
-            let halves = match self.q_halves.is_empty() {
-                true => Aligned::zeroed(0),
-                false => halves_first(&q, self.cols),
-            };
-            let steps = match self.q_steps.is_empty() {
-                true => Aligned::zeroed(0),
-                false => steps_first(&q, self.cols),
-            };
-            (halves, steps)
-        } else {
-            (Aligned::zeroed(0), Aligned::zeroed(0))
-        };
-        Self {
-            q,
-            q_halves,
-            q_steps,
-            scales: self.scales.clone(),
-            sums: self.sums.clone(),
-            cols: self.cols,
-        }
-    }
 }
 
 /// Rows of `cols` quantized activations with each run of four blocks laid out as their first
@@ -3071,31 +3040,6 @@ mod tests {
         let a = Aligned::from_slice(&[1u16, 2, 3]);
         assert_eq!((&*a, a.as_ptr() as usize % 64), (&[1u16, 2, 3][..], 0));
         assert!(Aligned::<f32>::zeroed(0).is_empty());
-        Ok(())
-    }
-
-    #[test]
-    fn a_local_copy_of_the_activations_matches_and_gives_the_same_rows() -> Result<()> {
-        // 1280 columns: whole runs of four blocks; 1312: one block after them.
-        for cols in [1280, 1312] {
-            let rows = 24;
-            let t = Tensor::from_vec(uniform(rows * cols, 1.0, 7), (rows, cols), &Device::Cpu)?;
-            for dtype in [GgmlDType::Q4_0, GgmlDType::Q8_0] {
-                let w = BlockMatrix::from_qtensor("w", &QTensor::quantize(&t, dtype)?)?;
-                let a = w.quantize_input(&uniform(cols, 3.0, 8), 1);
-                let b = a.local_copy();
-                assert_eq!(&*b.q, &*a.q, "{dtype:?} {cols}");
-                assert_eq!(&*b.q_halves, &*a.q_halves, "{dtype:?} {cols}");
-                assert_eq!(&*b.q_steps, &*a.q_steps, "{dtype:?} {cols}");
-                assert_eq!((&b.scales, &b.sums, b.cols), (&a.scales, &a.sums, a.cols));
-                // A separate copy, not the same buffers.
-                assert_ne!(b.q.as_ptr(), a.q.as_ptr());
-                let (mut ya, mut yb) = (vec![0f32; rows - 4], vec![1f32; rows - 4]);
-                w.rows_decode(&a, 4, &mut ya);
-                w.rows_decode(&b, 4, &mut yb);
-                assert_eq!(ya, yb, "{dtype:?} {cols}");
-            }
-        }
         Ok(())
     }
 
