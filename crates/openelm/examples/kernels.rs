@@ -22,7 +22,7 @@ use elmroute_openelm::{BlockMatrix, Device, Tensor, decode_products, parse_quant
 #[derive(Debug, Parser)]
 #[command(about = "Measure the Q8_0 / Q4_0 decode kernels")]
 struct Args {
-    /// q8_0 or q4_0.
+    /// q8_0, q4_0, q4_k or q6_k (q6_k with AVX-512 only).
     #[arg(long, default_value = "q4_0")]
     dtype: String,
     /// Rows of each small matrix (output width).
@@ -68,7 +68,7 @@ fn main() -> Result<()> {
     let dtype = parse_quant_type(&args.dtype)?;
     anyhow::ensure!(
         BlockMatrix::supports(dtype),
-        "--dtype {}: the block kernels take q8_0 and q4_0",
+        "--dtype {}: the block kernels take q8_0, q4_0, q4_k and (with AVX-512) q6_k",
         args.dtype
     );
     let (rows, cols) = (args.rows.max(1), args.cols);

@@ -13,7 +13,7 @@
 //!   dtype and shape is checked against the config before anything is allocated.
 //! - [`Model`]: the transformer with a KV cache; `forward(ids, offset)`,
 //!   `clear_kv_cache()`. Its projections are [`Linear`]: dense, quantized with candle's
-//!   kernels, or Q8_0/Q4_0/Q4_K [`BlockMatrix`] blocks on this crate's CPU kernels (8-bit
+//!   kernels, or Q8_0/Q4_0/Q4_K/Q6_K [`BlockMatrix`] blocks on this crate's CPU kernels (8-bit
 //!   activations, integer dot products, AVX-512 VNNI or AVX2 when the CPU has them, weights
 //!   prefetched ahead of the reads; with AVX2 or AVX-512, Q4_0 rows stored in tiles of four,
 //!   interleaved in 4-byte steps, that the kernels read as one stream, four rows per load). In f32 on the CPU, decoding one position runs the

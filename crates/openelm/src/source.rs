@@ -20,7 +20,7 @@ pub(crate) enum Weight {
     Dense(Tensor),
     /// A block-quantized matrix (never a float GGML type).
     Quantized(Arc<QTensor>),
-    /// A Q8_0, Q4_0 or Q4_K matrix repacked for this crate's CPU kernels.
+    /// A Q8_0, Q4_0, Q4_K or Q6_K matrix repacked for this crate's CPU kernels.
     Blocks(Arc<BlockMatrix>),
 }
 
@@ -28,13 +28,13 @@ impl Weight {
     /// Moves a quantized matrix on the CPU onto the fastest kernel this crate has for it:
     /// Q8_0 and Q4_0 onto its own block kernels, and on x86-64 with AVX2 Q4_K too, held as
     /// Q4_0 blocks with a per-block offset (see [`BlockMatrix::from_qtensor`]; candle's Q4_K
-    /// decoding ran at a quarter of the speed); every other block type (Q6_K, Q5_*, Q4_1,
-    /// Q2_K, Q3_K),
-    /// which candle multiplies one row at a time with scalar code on a baseline x86-64
-    /// build, is re-blocked to Q8_0: a finer grid than any of them, so almost no precision
-    /// is lost, for up to 1.6x the bytes of a 5- or 6-bit type. llama.cpp's Q4_0 files store
-    /// the tied embedding as Q6_K, so this matters for the common case. Dense weights and
-    /// other devices are returned as they are.
+    /// decoding ran at a quarter of the speed), and with AVX-512 Q6_K in its own bytes on
+    /// its own kernel. Every other block type (Q6_K without AVX-512, Q5_*, Q4_1, Q2_K,
+    /// Q3_K), which candle multiplies one row at a time with scalar code on a baseline
+    /// x86-64 build, is re-blocked to Q8_0: a finer grid than any of them, so almost no
+    /// precision is lost, for up to 1.6x the bytes of a 5- or 6-bit type. llama.cpp's Q4_0
+    /// files store the tied embedding as Q6_K, so this matters for the common case. Dense
+    /// weights and other devices are returned as they are.
     pub(crate) fn for_kernels(self, name: &str) -> Result<Self> {
         let Weight::Quantized(q) = self else {
             return Ok(self);
