@@ -597,7 +597,19 @@ impl BlockMatrix {
     pub(crate) fn quantize_input(&self, x: &[f32], m: usize) -> Activations {
         match self.quants {
             Quants::Q6K { .. } => Activations::quantize_super(x, m, self.cols),
-            _ => Activations::quantize(x, m, self.cols, self.is_q4()),
+            _ => Activations::quantize(x, m, self.cols, self.layouts(m)),
+        }
+    }
+
+    /// Which re-laid-out copies of `m` activation rows this matrix's kernels read: none for
+    /// Q8_0; the steps for the tile kernels; the halves for the AVX-512 row kernels, which
+    /// a decode product (`m == 1`) of whole tiles never runs (its shares and chunks start
+    /// on tile boundaries), so it is spared building them.
+    fn layouts(&self, m: usize) -> Layouts {
+        match self.is_q4() {
+            false => Layouts::None,
+            true if m == 1 && self.tiled && self.rows % TILE == 0 => Layouts::Steps,
+            true => Layouts::StepsAndHalves,
         }
     }
 
@@ -852,6 +864,14 @@ fn chunk_rows(rows: usize) -> usize {
     rows.div_ceil(tasks).max(16)
 }
 
+/// The re-laid-out copies of quantized activations to build (see [`Activations`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layouts {
+    None,
+    Steps,
+    StepsAndHalves,
+}
+
 /// Activation rows quantized to 8 bits per 32-value block, with an f32 scale per block; for
 /// Q6_K ([`Activations::quantize_super`]) per 256-value super-block, with the sums of
 /// each 16 values.
@@ -879,9 +899,9 @@ pub(crate) struct Activations {
 }
 
 impl Activations {
-    /// `for_q4`: also lay the rows out for the tile and AVX-512 Q4_0 kernels (when the CPU
+    /// `layouts`: also lay the rows out for the tile and AVX-512 Q4_0 kernels (when the CPU
     /// has them).
-    fn quantize(x: &[f32], m: usize, cols: usize, for_q4: bool) -> Self {
+    fn quantize(x: &[f32], m: usize, cols: usize, layouts: Layouts) -> Self {
         let mut q = Aligned::zeroed(m * cols);
         let mut scales = vec![0f32; m * cols / BLOCK];
         let mut sums = vec![0f32; m * cols / BLOCK];
@@ -901,9 +921,9 @@ impl Activations {
                 *sum = d * total as f32;
             }
         }
-        let (q_halves, q_steps) = if for_q4 && avx2 {
+        let (q_halves, q_steps) = if layouts != Layouts::None && avx2 {
             // The halves are read by the AVX-512 row kernels only.
-            let halves = match avx512() {
+            let halves = match avx512() && layouts == Layouts::StepsAndHalves {
                 true => halves_first(&q, cols),
                 false => Aligned::zeroed(0),
             };
@@ -991,6 +1011,24 @@ fn steps_first(q: &[i8], cols: usize) -> Aligned<i8> {
         return out;
     }
     let whole = cols / (4 * BLOCK) * 4 * BLOCK;
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        let mut run_out = [0i8; 4 * BLOCK * STEP_COPIES];
+        for row in q.chunks_exact(cols) {
+            for run in row[..whole].chunks_exact(4 * BLOCK) {
+                if let Ok(run) = <&[i8; 4 * BLOCK]>::try_from(run) {
+                    // SAFETY: compiled for AVX-512 F, which `avx512()` found on this CPU.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        x86::steps_512(run, &mut run_out);
+                    }
+                    out.extend_from_slice(&run_out);
+                }
+            }
+            out.extend(std::iter::repeat_n(0, STEP_COPIES * (cols - whole)));
+        }
+        return out;
+    }
     for row in q.chunks_exact(cols) {
         for run in row[..whole].chunks_exact(4 * BLOCK) {
             for at in (0..BLOCK).step_by(4) {
@@ -1556,6 +1594,42 @@ mod x86 {
                 _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             _mm256_storeu_si256(q.as_mut_ptr().cast(), ordered);
             (d, _mm_cvtsi128_si32(t))
+        }
+    }
+
+    /// A run of four quantized activation blocks (128 bytes) in the order of
+    /// `Activations::q_steps`: step `s` (bytes `4s..4s + 4` of each block) four times, for
+    /// each of the eight steps. Each 64-byte step is one `vpermt2d` of the run's 32 dwords:
+    /// dword `s` of block `j` is dword `8j + s`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn steps_512(run: &[i8; 4 * BLOCK], out: &mut [i8; 16 * BLOCK]) {
+        // SAFETY: two 64-byte loads from the 128-byte run, eight 64-byte stores into the
+        // 512-byte output; register arithmetic otherwise.
+        unsafe {
+            let a = _mm512_loadu_si512(run.as_ptr().cast());
+            let b = _mm512_loadu_si512(run[64..].as_ptr().cast());
+            for s in 0..8 {
+                let idx = _mm512_setr_epi32(
+                    s,
+                    8 + s,
+                    16 + s,
+                    24 + s,
+                    s,
+                    8 + s,
+                    16 + s,
+                    24 + s,
+                    s,
+                    8 + s,
+                    16 + s,
+                    24 + s,
+                    s,
+                    8 + s,
+                    16 + s,
+                    24 + s,
+                );
+                let step = _mm512_permutex2var_epi32(a, idx, b);
+                _mm512_storeu_si512(out[64 * s as usize..].as_mut_ptr().cast(), step);
+            }
         }
     }
 
@@ -3557,7 +3631,7 @@ mod tests {
             };
             let m = 5;
             let x = uniform(m * cols, 1.0, 8);
-            let act = Activations::quantize(&x, m, cols, true);
+            let act = Activations::quantize(&x, m, cols, Layouts::StepsAndHalves);
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
             let at = |layout: &str| format!("{dtype:?} cols {cols} {layout}");
             for (layout, w) in [("row-major", &bm), ("tiled", &tiled)] {
@@ -3760,7 +3834,7 @@ mod tests {
             assert!(!tiled.tiled, "Q8_0 stays row-major");
             let m = 5;
             let x = uniform(m * cols, 1.0, 10);
-            let act = Activations::quantize(&x, m, cols, false);
+            let act = Activations::quantize(&x, m, cols, Layouts::None);
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
             products_match_portable(&bm, &bm, &x, m, &format!("cols {cols}"));
             #[cfg(target_arch = "x86_64")]
@@ -3902,7 +3976,7 @@ mod tests {
         let dev = Device::Cpu;
         let w = Tensor::from_vec(uniform(3 * 352, 0.05, 3), (3, 352), &dev)?;
         let x = uniform(352, 1.0, 4);
-        let act = Activations::quantize(&x, 1, 352, true);
+        let act = Activations::quantize(&x, 1, 352, Layouts::StepsAndHalves);
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
             let bm = BlockMatrix::repack("w", &QTensor::quantize(&w, dtype)?, false)?;
             for r in 0..3 {
@@ -3982,7 +4056,7 @@ mod tests {
         // Two groups and a leftover block, which the steps leave as zeros.
         let cols = 2 * 8 * BLOCK + BLOCK;
         let x: Vec<f32> = (0..cols).map(|i| (i % 97) as f32 - 48.0).collect();
-        let act = Activations::quantize(&x, 1, cols, true);
+        let act = Activations::quantize(&x, 1, cols, Layouts::StepsAndHalves);
         if act.q_steps.is_empty() {
             assert!(!avx2(), "steps are laid out whenever AVX2 is used");
             return;
@@ -4022,7 +4096,7 @@ mod tests {
                 BlockMatrix::repack("w", &q, true)?,
             );
             let x = uniform(cols, 1.0, 12);
-            let act = Activations::quantize(&x, 1, cols, true);
+            let act = Activations::quantize(&x, 1, cols, Layouts::StepsAndHalves);
             // Every range of rows, as a decode share or a prompt band may start and end.
             for first in 0..n {
                 for len in 1..=n - first {
