@@ -608,7 +608,7 @@ impl BlockMatrix {
     fn layouts(&self, m: usize) -> Layouts {
         match self.is_q4() {
             false => Layouts::None,
-            true if m == 1 && self.tiled && self.rows % TILE == 0 => Layouts::Steps,
+            true if m == 1 && self.tiled && self.rows.is_multiple_of(TILE) => Layouts::Steps,
             true => Layouts::StepsAndHalves,
         }
     }
