@@ -309,8 +309,9 @@ impl BlockMatrix {
     /// rounding of at most 2^-11 on each, well inside Q4_K's own steps). That is 5 bits per
     /// value instead of 4.5, on the Q4_0 kernels.
     ///
-    /// Q6_K keeps its own bytes (6.5625 bits per value) and runs on its own kernel, which
-    /// takes activations quantized per 256 values (see [`Quants::Q6K`]).
+    /// Q6_K keeps its own bytes (6.5625 bits per value) and runs on its own kernel (with
+    /// AVX-512; a portable loop otherwise), which takes activations quantized per 256-value
+    /// super-block.
     pub fn from_qtensor(name: &str, q: &QTensor) -> Result<Self> {
         match q.dtype() {
             GgmlDType::Q4K => Self::from_q4k(name, q, avx2()),
