@@ -294,9 +294,9 @@ impl BlockMatrix {
     pub fn supports(dtype: GgmlDType) -> bool {
         match dtype {
             GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4K => true,
-            // Only the AVX-512 kernel reads Q6_K at memory speed; elsewhere the portable
-            // loop would be the slowest projection of a step.
-            GgmlDType::Q6K => avx512(),
+            // The AVX-512 and AVX2 kernels; elsewhere the portable loop would be the slowest
+            // projection of a step, and Q8_0 takes its place.
+            GgmlDType::Q6K => avx2(),
             _ => false,
         }
     }
@@ -1339,7 +1339,7 @@ fn rows_q6k(
     }
     let at = |r: usize, v: usize| r * supers * v..(r + 1) * supers * v;
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
+    if avx2() {
         let n = ys.len() / m;
         let span = |v: usize| first * supers * v..(first + n) * supers * v;
         let (Some(wq), Some(wsc), Some(wd)) = (
@@ -1356,11 +1356,16 @@ fn rows_q6k(
                 &act.scales[at(j, 1)],
                 &act.sums16[at(j, 16)],
             );
-            // SAFETY: compiled for AVX-512 F, BW, VNNI, GFNI, AVX2, FMA and F16C, which
-            // `avx512()` found on this CPU.
+            // SAFETY: the AVX-512 kernel is compiled for AVX-512 F, BW, VNNI, GFNI, AVX2,
+            // FMA and F16C, which `avx512()` found on this CPU; the AVX2 one for AVX2, FMA
+            // and F16C, which `avx2()` found.
             #[allow(unsafe_code)]
             unsafe {
-                x86::rows_q6k_512((wq, wsc, wd), x, (&mut *ys, m, j));
+                if avx512() {
+                    x86::rows_q6k_512((wq, wsc, wd), x, (&mut *ys, m, j));
+                } else {
+                    x86::rows_q6k_256((wq, wsc, wd), x, (&mut *ys, m, j));
+                }
             }
         }
         return;
@@ -3195,6 +3200,94 @@ mod x86 {
         }
     }
 
+    /// [`rows_q6k_512`] with AVX2 alone: per half super-block, two 32-byte loads of low
+    /// nibbles and one of high bit pairs give its four runs of 32 values with 16-bit shifts
+    /// and masks; `vpmaddubsw` takes each run against the activations into pairs and
+    /// `vpmaddwd` multiplies the pairs by their sub-block's scale (the run's two scales, one
+    /// per 128-bit lane, picked by a `vpermd` and a `vpshufb`) into 32-bit lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn rows_q6k_256(
+        (q, sc, ds): (&[u8], &[i8], &[u16]),
+        (x, xs, xsum): (&[i8], &[f32], &[i16]),
+        (out, m, j): (&mut [f32], usize, usize),
+    ) {
+        use super::{Q6K_BYTES, SUPER};
+        let supers = xs.len();
+        if supers == 0 || m == 0 {
+            return;
+        }
+        // SAFETY: loads of exactly 32 or 16 bytes from fixed-size arrays taken with
+        // `try_from` (16 `i16` for the sums), prefetch hints, register arithmetic.
+        unsafe {
+            let low4 = _mm256_set1_epi8(0x0F);
+            let top2 = _mm256_set1_epi8(0x30);
+            // After `vpermd` puts scales `2k, 2k + 1` (16-bit) in every dword: scale `2k`
+            // in each 16-bit lane of the low 128 bits, `2k + 1` in the high ones.
+            let pick = _mm256_setr_epi8(
+                0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
+                2, 3, 2, 3,
+            );
+            let rows = q
+                .chunks_exact(supers * Q6K_BYTES)
+                .zip(sc.chunks_exact(supers * 16))
+                .zip(ds.chunks_exact(supers));
+            for (((q, sc), ds), o) in rows.zip(out.iter_mut().skip(j).step_by(m)) {
+                let mut acc = _mm256_setzero_ps();
+                let blocks = q
+                    .chunks_exact(Q6K_BYTES)
+                    .zip(sc.chunks_exact(16))
+                    .zip(ds)
+                    .zip(x.chunks_exact(SUPER).zip(xs))
+                    .zip(xsum.chunks_exact(16));
+                for ((((qb, scb), d), (xb, &dx)), sums) in blocks {
+                    let (Ok(qb), Ok(scb), Ok(xb), Ok(sums)) = (
+                        <&[u8; Q6K_BYTES]>::try_from(qb),
+                        <&[i8; 16]>::try_from(scb),
+                        <&[i8; SUPER]>::try_from(xb),
+                        <&[i16; 16]>::try_from(sums),
+                    ) else {
+                        continue;
+                    };
+                    // As in the AVX-512 kernel.
+                    prefetch_ahead(qb.as_ptr(), 3, scb.as_ptr(), PREFETCH_AHEAD / 12);
+                    _mm_prefetch::<_MM_HINT_T0>((d as *const u16).wrapping_add(64).cast());
+                    let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scb.as_ptr().cast()));
+                    let offset = _mm256_madd_epi16(sc16, _mm256_loadu_si256(sums.as_ptr().cast()));
+                    let mut ints =
+                        _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(offset));
+                    for h in 0..2 {
+                        let at = |o: usize| _mm256_loadu_si256(qb[o..].as_ptr().cast());
+                        let (ql0, ql1, qh) = (at(64 * h), at(64 * h + 32), at(128 + 32 * h));
+                        let runs = [
+                            (_mm256_and_si256(ql0, low4), _mm256_slli_epi16::<4>(qh)),
+                            (_mm256_and_si256(ql1, low4), _mm256_slli_epi16::<2>(qh)),
+                            (_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4), qh),
+                            (
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                                _mm256_srli_epi16::<2>(qh),
+                            ),
+                        ];
+                        for (k, (low, high)) in runs.into_iter().enumerate() {
+                            let v = _mm256_or_si256(low, _mm256_and_si256(high, top2));
+                            let xk = _mm256_loadu_si256(xb[128 * h + 32 * k..].as_ptr().cast());
+                            let pairs = _mm256_maddubs_epi16(v, xk);
+                            // Sub-blocks `8h + 2k` and `8h + 2k + 1`: dword `4h + k`.
+                            let both = _mm256_permutevar8x32_epi32(
+                                sc16,
+                                _mm256_set1_epi32((4 * h + k) as i32),
+                            );
+                            let scale = _mm256_shuffle_epi8(both, pick);
+                            ints = _mm256_add_epi32(ints, _mm256_madd_epi16(pairs, scale));
+                        }
+                    }
+                    let scale = _mm256_set1_ps(f16_scale(*d) * dx);
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale, acc);
+                }
+                *o = hsum(acc);
+            }
+        }
+    }
+
     /// One Q6_K row against one activation row quantized per super-block: the arithmetic
     /// of `super::dot_q6k`. Per half super-block (128 values), one 64-byte load of low
     /// nibbles holds values 0-63 (low nibbles) and 64-127 (high nibbles), and one 32-byte
@@ -4250,6 +4343,17 @@ mod tests {
                             one[0]
                         };
                         assert!(close(got), "AVX-512 ({j}, {r}): {got} vs {want}");
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2() {
+                        // SAFETY: `avx2()` found the kernel's features.
+                        #[allow(unsafe_code)]
+                        let got = unsafe {
+                            let mut one = [0f32];
+                            x86::rows_q6k_256(w, xj, (&mut one, 1, 0));
+                            one[0]
+                        };
+                        assert!(close(got), "AVX2 ({j}, {r}): {got} vs {want}");
                     }
                     if j == m {
                         assert_eq!(want, 0.0, "zero activations, row {r}");
