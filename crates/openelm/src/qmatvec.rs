@@ -1350,21 +1350,35 @@ fn rows_q6k(
             ys.fill(f32::NAN);
             return;
         };
-        for j in 0..m {
-            let x = (
+        let row = |j: usize| {
+            (
                 &act.q[at(j, SUPER)],
                 &act.scales[at(j, 1)],
                 &act.sums16[at(j, 16)],
-            );
+            )
+        };
+        let w = (wq, wsc, wd);
+        // A prompt's activation rows four at a time, the rest one by one.
+        let fours = m / 4 * 4;
+        for j in (0..m).skip(fours).chain((0..fours).step_by(4)) {
             // SAFETY: the AVX-512 kernel is compiled for AVX-512 F, BW, VNNI, GFNI, AVX2,
             // FMA and F16C, which `avx512()` found on this CPU; the AVX2 one for AVX2, FMA
             // and F16C, which `avx2()` found.
             #[allow(unsafe_code)]
             unsafe {
-                if avx512() {
-                    x86::rows_q6k_512((wq, wsc, wd), x, (&mut *ys, m, j));
-                } else {
-                    x86::rows_q6k_256((wq, wsc, wd), x, (&mut *ys, m, j));
+                match (avx512(), j < fours) {
+                    (true, true) => x86::rows_q6k_512(
+                        w,
+                        [row(j), row(j + 1), row(j + 2), row(j + 3)],
+                        (&mut *ys, m, j),
+                    ),
+                    (true, false) => x86::rows_q6k_512(w, [row(j)], (&mut *ys, m, j)),
+                    (false, true) => x86::rows_q6k_256(
+                        w,
+                        [row(j), row(j + 1), row(j + 2), row(j + 3)],
+                        (&mut *ys, m, j),
+                    ),
+                    (false, false) => x86::rows_q6k_256(w, [row(j)], (&mut *ys, m, j)),
                 }
             }
         }
@@ -3206,18 +3220,27 @@ mod x86 {
     /// `vpmaddwd` multiplies the pairs by their sub-block's scale (the run's two scales, one
     /// per 128-bit lane, picked by a `vpermd` and a `vpshufb`) into 32-bit lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn rows_q6k_256(
+    pub(super) unsafe fn rows_q6k_256<const N: usize>(
         (q, sc, ds): (&[u8], &[i8], &[u16]),
-        (x, xs, xsum): (&[i8], &[f32], &[i16]),
+        x: [(&[i8], &[f32], &[i16]); N],
         (out, m, j): (&mut [f32], usize, usize),
     ) {
         use super::{Q6K_BYTES, SUPER};
-        let supers = xs.len();
-        if supers == 0 || m == 0 {
+        let supers = x.first().map_or(0, |x| x.1.len());
+        let xq: [&[[i8; SUPER]]; N] = std::array::from_fn(|k| x[k].0.as_chunks::<SUPER>().0);
+        let xs: [&[f32]; N] = std::array::from_fn(|k| x[k].1);
+        let xsum: [&[[i16; 16]]; N] = std::array::from_fn(|k| x[k].2.as_chunks::<16>().0);
+        if supers == 0
+            || m < N
+            || (0..N)
+                .any(|k| xq[k].len() < supers || xs[k].len() < supers || xsum[k].len() < supers)
+        {
             return;
         }
-        // SAFETY: loads of exactly 32 or 16 bytes from fixed-size arrays taken with
-        // `try_from` (16 `i16` for the sums), prefetch hints, register arithmetic.
+        let (qs, scs) = (q.as_chunks::<Q6K_BYTES>().0, sc.as_chunks::<16>().0);
+        let rows = qs.len().min(scs.len()).min(ds.len()) / supers;
+        // SAFETY: loads of exactly 32 or 16 bytes from fixed-size arrays, prefetch hints,
+        // register arithmetic.
         unsafe {
             let low4 = _mm256_set1_epi8(0x0F);
             let top2 = _mm256_set1_epi8(0x30);
@@ -3227,34 +3250,23 @@ mod x86 {
                 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
                 2, 3, 2, 3,
             );
-            let rows = q
-                .chunks_exact(supers * Q6K_BYTES)
-                .zip(sc.chunks_exact(supers * 16))
-                .zip(ds.chunks_exact(supers));
-            for (((q, sc), ds), o) in rows.zip(out.iter_mut().skip(j).step_by(m)) {
-                let mut acc = _mm256_setzero_ps();
-                let blocks = q
-                    .chunks_exact(Q6K_BYTES)
-                    .zip(sc.chunks_exact(16))
-                    .zip(ds)
-                    .zip(x.chunks_exact(SUPER).zip(xs))
-                    .zip(xsum.chunks_exact(16));
-                for ((((qb, scb), d), (xb, &dx)), sums) in blocks {
-                    let (Ok(qb), Ok(scb), Ok(xb), Ok(sums)) = (
-                        <&[u8; Q6K_BYTES]>::try_from(qb),
-                        <&[i8; 16]>::try_from(scb),
-                        <&[i8; SUPER]>::try_from(xb),
-                        <&[i16; 16]>::try_from(sums),
-                    ) else {
+            for r in 0..rows {
+                let mut acc = [_mm256_setzero_ps(); N];
+                for b in 0..supers {
+                    let at = r * supers + b;
+                    let (Some(qb), Some(scb), Some(d)) = (qs.get(at), scs.get(at), ds.get(at))
+                    else {
                         continue;
                     };
                     // As in the AVX-512 kernel.
                     prefetch_ahead(qb.as_ptr(), 3, scb.as_ptr(), PREFETCH_AHEAD / 12);
                     _mm_prefetch::<_MM_HINT_T0>((d as *const u16).wrapping_add(64).cast());
                     let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scb.as_ptr().cast()));
-                    let offset = _mm256_madd_epi16(sc16, _mm256_loadu_si256(sums.as_ptr().cast()));
-                    let mut ints =
-                        _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(offset));
+                    let mut ints: [__m256i; N] = std::array::from_fn(|k| {
+                        let sums = _mm256_loadu_si256(xsum[k][b].as_ptr().cast());
+                        let offset = _mm256_madd_epi16(sc16, sums);
+                        _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(offset))
+                    });
                     for h in 0..2 {
                         let at = |o: usize| _mm256_loadu_si256(qb[o..].as_ptr().cast());
                         let (ql0, ql1, qh) = (at(64 * h), at(64 * h + 32), at(128 + 32 * h));
@@ -3267,23 +3279,35 @@ mod x86 {
                                 _mm256_srli_epi16::<2>(qh),
                             ),
                         ];
-                        for (k, (low, high)) in runs.into_iter().enumerate() {
+                        for (run, (low, high)) in runs.into_iter().enumerate() {
                             let v = _mm256_or_si256(low, _mm256_and_si256(high, top2));
-                            let xk = _mm256_loadu_si256(xb[128 * h + 32 * k..].as_ptr().cast());
-                            let pairs = _mm256_maddubs_epi16(v, xk);
-                            // Sub-blocks `8h + 2k` and `8h + 2k + 1`: dword `4h + k`.
+                            // Sub-blocks `8h + 2 run` and `8h + 2 run + 1`: dword `4h + run`.
                             let both = _mm256_permutevar8x32_epi32(
                                 sc16,
-                                _mm256_set1_epi32((4 * h + k) as i32),
+                                _mm256_set1_epi32((4 * h + run) as i32),
                             );
                             let scale = _mm256_shuffle_epi8(both, pick);
-                            ints = _mm256_add_epi32(ints, _mm256_madd_epi16(pairs, scale));
+                            for k in 0..N {
+                                let xk = _mm256_loadu_si256(
+                                    xq[k][b][128 * h + 32 * run..].as_ptr().cast(),
+                                );
+                                let pairs = _mm256_maddubs_epi16(v, xk);
+                                ints[k] =
+                                    _mm256_add_epi32(ints[k], _mm256_madd_epi16(pairs, scale));
+                            }
                         }
                     }
-                    let scale = _mm256_set1_ps(f16_scale(*d) * dx);
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale, acc);
+                    let d = f16_scale(*d);
+                    for k in 0..N {
+                        let scale = _mm256_set1_ps(d * xs[k][b]);
+                        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints[k]), scale, acc[k]);
+                    }
                 }
-                *o = hsum(acc);
+                for (k, a) in acc.iter().enumerate() {
+                    if let Some(o) = out.get_mut(r * m + j + k) {
+                        *o = hsum(*a);
+                    }
+                }
             }
         }
     }
@@ -3299,13 +3323,14 @@ mod x86 {
     /// scales against the activations' sums of 16 (`vpmaddwd`). A super-block's integers
     /// stay below 2^25, and one conversion and one multiply-add scale them.
     ///
-    /// Takes every row of `w` (whole rows of `xs.len()` super-blocks) against the one
-    /// activation row `x`, into `out[i * m + j]` for row `i`, so that the constants are
-    /// set up once per call, not per row.
+    /// Takes every row of `w` (whole rows of as many super-blocks as each activation row
+    /// has scales) against `N` activation rows `x`, into `out[i * m + j + k]` for row `i`
+    /// and activation row `k`, so that the constants are set up once per call, and a
+    /// prompt unpacks each weight super-block once for `N` rows (`N = 4`), not once each.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni")]
-    pub(super) unsafe fn rows_q6k_512(
+    pub(super) unsafe fn rows_q6k_512<const N: usize>(
         (q, sc, ds): (&[u8], &[i8], &[u16]),
-        (x, xs, xsum): (&[i8], &[f32], &[i16]),
+        x: [(&[i8], &[f32], &[i16]); N],
         (out, m, j): (&mut [f32], usize, usize),
     ) {
         use super::{Q6K_BYTES, SUPER};
@@ -3324,12 +3349,22 @@ mod x86 {
             }
             a
         };
-        let supers = xs.len();
-        if supers == 0 || m == 0 {
+        let supers = x.first().map_or(0, |x| x.1.len());
+        // Each activation row as super-blocks: values, scale, sums of 16.
+        let xq: [&[[i8; SUPER]]; N] = std::array::from_fn(|k| x[k].0.as_chunks::<SUPER>().0);
+        let xs: [&[f32]; N] = std::array::from_fn(|k| x[k].1);
+        let xsum: [&[[i16; 16]]; N] = std::array::from_fn(|k| x[k].2.as_chunks::<16>().0);
+        if supers == 0
+            || m < N
+            || (0..N)
+                .any(|k| xq[k].len() < supers || xs[k].len() < supers || xsum[k].len() < supers)
+        {
             return;
         }
-        // SAFETY: loads of exactly 64, 32 or 16 bytes from fixed-size arrays taken with
-        // `try_from` (16 `i16` for the sums), prefetch hints, register arithmetic.
+        let (qs, scs) = (q.as_chunks::<Q6K_BYTES>().0, sc.as_chunks::<16>().0);
+        let rows = qs.len().min(scs.len()).min(ds.len()) / supers;
+        // SAFETY: loads of exactly 64, 32 or 16 bytes from fixed-size arrays, prefetch
+        // hints, register arithmetic.
         unsafe {
             let low4 = _mm512_set1_epi8(0x0F);
             // Bit matrices for `vgf2p8affineqb` (row `7 - i` picks the source bits of result
@@ -3345,44 +3380,31 @@ mod x86 {
             let high_nibble = _mm512_set1_epi64(0x1020_4080_0000_0000);
             let spread: [__m512i; 4] =
                 std::array::from_fn(|k| _mm512_loadu_si512(SPREAD[k].as_ptr().cast()));
-            let rows = q
-                .chunks_exact(supers * Q6K_BYTES)
-                .zip(sc.chunks_exact(supers * 16))
-                .zip(ds.chunks_exact(supers));
-            for (((q, sc), ds), o) in rows.zip(out.iter_mut().skip(j).step_by(m)) {
-                let mut acc = _mm512_setzero_ps();
-                let blocks = q
-                    .chunks_exact(Q6K_BYTES)
-                    .zip(sc.chunks_exact(16))
-                    .zip(ds)
-                    .zip(x.chunks_exact(SUPER).zip(xs))
-                    .zip(xsum.chunks_exact(16));
-                for ((((qb, scb), d), (xb, &dx)), sums) in blocks {
-                    let (Ok(qb), Ok(scb), Ok(xb), Ok(sums)) = (
-                        <&[u8; Q6K_BYTES]>::try_from(qb),
-                        <&[i8; 16]>::try_from(scb),
-                        <&[i8; SUPER]>::try_from(xb),
-                        <&[i16; 16]>::try_from(sums),
-                    ) else {
+            for r in 0..rows {
+                let mut acc = [_mm512_setzero_ps(); N];
+                for b in 0..supers {
+                    let at = r * supers + b;
+                    let (Some(qb), Some(scb), Some(d)) = (qs.get(at), scs.get(at), ds.get(at))
+                    else {
                         continue;
                     };
-                    // Three lines of values per super-block, and the scales' lines, ahead: the
-                    // sub-block scales as far ahead as the values, the super-block scales
-                    // (a line per 32 super-blocks) two lines ahead. Without the latter, a
-                    // third of the kernel's time in the model went to waiting for them.
+                    // Three lines of values per super-block, and the scales' lines, ahead:
+                    // the sub-block scales as far ahead as the values, the super-block
+                    // scales (a line per 32 super-blocks) two lines ahead. Without the
+                    // latter, a third of the kernel's time in the model went to waiting
+                    // for them.
                     prefetch_ahead(qb.as_ptr(), 3, scb.as_ptr(), PREFETCH_AHEAD / 12);
                     _mm_prefetch::<_MM_HINT_T0>((d as *const u16).wrapping_add(64).cast());
-                    let d = *d;
                     let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scb.as_ptr().cast()));
-                    // `- 32 * sum(sc * x)`, as the accumulator's start.
-                    let offset = _mm256_madd_epi16(sc16, _mm256_loadu_si256(sums.as_ptr().cast()));
-                    let mut ints = _mm512_sub_epi32(
-                        _mm512_setzero_si512(),
-                        _mm512_inserti64x4::<0>(
+                    // `- 32 * sum(sc * x)`, as each row's accumulator's start.
+                    let mut ints: [__m512i; N] = std::array::from_fn(|k| {
+                        let sums = _mm256_loadu_si256(xsum[k][b].as_ptr().cast());
+                        let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc16, sums));
+                        _mm512_sub_epi32(
                             _mm512_setzero_si512(),
-                            _mm256_slli_epi32::<5>(offset),
-                        ),
-                    );
+                            _mm512_inserti64x4::<0>(_mm512_setzero_si512(), offset),
+                        )
+                    });
                     let sc512 = _mm512_castsi256_si512(sc16);
                     for h in 0..2 {
                         let ql = _mm512_loadu_si512(qb[64 * h..].as_ptr().cast());
@@ -3399,23 +3421,33 @@ mod x86 {
                             _mm512_gf2p8affine_epi64_epi8::<0>(ql, high_nibble),
                             _mm512_gf2p8affine_epi64_epi8::<0>(qh, to_hi),
                         );
-                        let xlo = _mm512_loadu_si512(xb[128 * h..].as_ptr().cast());
-                        let xhi = _mm512_loadu_si512(xb[128 * h + 64..].as_ptr().cast());
-                        let plo = _mm512_maddubs_epi16(lo, xlo);
-                        let phi = _mm512_maddubs_epi16(hi, xhi);
                         let slo = _mm512_permutexvar_epi16(spread[2 * h], sc512);
                         let shi = _mm512_permutexvar_epi16(spread[2 * h + 1], sc512);
-                        ints = _mm512_dpwssd_epi32(ints, plo, slo);
-                        ints = _mm512_dpwssd_epi32(ints, phi, shi);
+                        for k in 0..N {
+                            let xb = &xq[k][b];
+                            let xlo = _mm512_loadu_si512(xb[128 * h..].as_ptr().cast());
+                            let xhi = _mm512_loadu_si512(xb[128 * h + 64..].as_ptr().cast());
+                            let plo = _mm512_maddubs_epi16(lo, xlo);
+                            let phi = _mm512_maddubs_epi16(hi, xhi);
+                            ints[k] = _mm512_dpwssd_epi32(ints[k], plo, slo);
+                            ints[k] = _mm512_dpwssd_epi32(ints[k], phi, shi);
+                        }
                     }
                     // `vcvtph2ps`: Q6_K's super-block scales are often f16 subnormals (a
                     // row of weights of 0.1 at most has `d` near 2^-16), which the bit
                     // trick of `f16_to_f32` turns into an f32 subnormal product, and a
                     // multiply with a subnormal input took 42% of this kernel's time.
-                    let scale = _mm512_set1_ps(f16_scale(d) * dx);
-                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), scale, acc);
+                    let d = f16_scale(*d);
+                    for k in 0..N {
+                        let scale = _mm512_set1_ps(d * xs[k][b]);
+                        acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints[k]), scale, acc[k]);
+                    }
                 }
-                *o = _mm512_reduce_add_ps(acc);
+                for (k, a) in acc.iter().enumerate() {
+                    if let Some(o) = out.get_mut(r * m + j + k) {
+                        *o = _mm512_reduce_add_ps(*a);
+                    }
+                }
             }
         }
     }
@@ -4339,7 +4371,7 @@ mod tests {
                         #[allow(unsafe_code)]
                         let got = unsafe {
                             let mut one = [0f32];
-                            x86::rows_q6k_512(w, xj, (&mut one, 1, 0));
+                            x86::rows_q6k_512(w, [xj], (&mut one, 1, 0));
                             one[0]
                         };
                         assert!(close(got), "AVX-512 ({j}, {r}): {got} vs {want}");
@@ -4350,7 +4382,7 @@ mod tests {
                         #[allow(unsafe_code)]
                         let got = unsafe {
                             let mut one = [0f32];
-                            x86::rows_q6k_256(w, xj, (&mut one, 1, 0));
+                            x86::rows_q6k_256(w, [xj], (&mut one, 1, 0));
                             one[0]
                         };
                         assert!(close(got), "AVX2 ({j}, {r}): {got} vs {want}");
