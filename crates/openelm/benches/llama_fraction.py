@@ -7,7 +7,7 @@ Like `bound_fraction.py` (whose bandwidth pass it uses), but each round runs lla
 three bandwidths agree within 8%. Each engine's fraction counts the file's weight bytes
 (every tensor of the GGUF, as llama.cpp reads them); this engine's also counts the bytes it
 reads itself (`bench`'s `weight_bytes`), which differ when it holds a tensor in another
-type (a Q6_K output projection as Q8_0).
+type (a Q6_K output projection as Q8_0 on a CPU without AVX2, where it has no Q6_K kernel).
 
     cargo build -p elmroute-openelm --release --example bench --example membw
     /tmp/llamavenv/bin/python crates/openelm/benches/llama_fraction.py \\
