@@ -710,9 +710,19 @@ impl BlockMatrix {
                 .zip(ds)
             {
                 let d = f16_to_f32(d);
-                for (v, o) in o.iter_mut().enumerate() {
-                    let q6 = i32::from(q6k_value(qb, v)) - 32;
-                    *o = d * f32::from(scb[v / 16]) * q6 as f32;
+                // Sixteen values at a time, each run's bytes in place (the embedding lookup
+                // of every token; `q6k_value` per value took several microseconds a row).
+                for (j, (o, &sc)) in o.chunks_exact_mut(16).zip(scb).enumerate() {
+                    let (h, l) = (j / 8, j % 8 * 16);
+                    let (g, i) = (l / 32, l % 32);
+                    let low = &qb[h * 64 + g % 2 * 32 + i..][..16];
+                    let high = &qb[128 + h * 32 + i..][..16];
+                    let s = d * f32::from(sc);
+                    for ((o, &lo), &hi) in o.iter_mut().zip(low).zip(high) {
+                        let lo = if g < 2 { lo & 0x0F } else { lo >> 4 };
+                        let q6 = i32::from(lo | (((hi >> (2 * g)) & 3) << 4)) - 32;
+                        *o = s * q6 as f32;
+                    }
                 }
             }
             return;
