@@ -1573,7 +1573,7 @@ fn four_rows(w: &BlockMatrix, act: &Activations, r: usize, g: usize, out: &mut [
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::BLOCK;
+    use super::{BLOCK, Q6K_BYTES, SUPER};
 
     /// One block of 32 activations to 8 bits, exactly as the portable loop in
     /// `Activations::quantize` does it (same scale, same multiply, rounding half away from
@@ -3224,6 +3224,51 @@ mod x86 {
         }
     }
 
+    /// A Q6_K kernel's operands in whole super-blocks: the weights' values, sub-block
+    /// scales and super-block scales, each of the `N` activation rows' values, scales and
+    /// sums of 16, the super-blocks per row and the whole weight rows. `None` when the
+    /// activation rows are empty, fewer than `N` fit in `m`, or one is short.
+    struct Q6kViews<'a, const N: usize> {
+        qs: &'a [[u8; Q6K_BYTES]],
+        scs: &'a [[i8; 16]],
+        ds: &'a [u16],
+        xq: [&'a [[i8; SUPER]]; N],
+        xs: [&'a [f32]; N],
+        xsum: [&'a [[i16; 16]]; N],
+        supers: usize,
+        rows: usize,
+    }
+
+    impl<'a, const N: usize> Q6kViews<'a, N> {
+        fn of(
+            (q, sc, ds): (&'a [u8], &'a [i8], &'a [u16]),
+            x: [(&'a [i8], &'a [f32], &'a [i16]); N],
+            m: usize,
+        ) -> Option<Self> {
+            let supers = x.first().map_or(0, |x| x.1.len());
+            let xq: [&[[i8; SUPER]]; N] = std::array::from_fn(|k| x[k].0.as_chunks::<SUPER>().0);
+            let xs: [&[f32]; N] = std::array::from_fn(|k| x[k].1);
+            let xsum: [&[[i16; 16]]; N] = std::array::from_fn(|k| x[k].2.as_chunks::<16>().0);
+            let short = (0..N)
+                .any(|k| xq[k].len() < supers || xs[k].len() < supers || xsum[k].len() < supers);
+            if supers == 0 || m < N || short {
+                return None;
+            }
+            let (qs, scs) = (q.as_chunks::<Q6K_BYTES>().0, sc.as_chunks::<16>().0);
+            let rows = qs.len().min(scs.len()).min(ds.len()) / supers;
+            Some(Self {
+                qs,
+                scs,
+                ds,
+                xq,
+                xs,
+                xsum,
+                supers,
+                rows,
+            })
+        }
+    }
+
     /// [`rows_q6k_512`] with AVX2 alone: per half super-block, two 32-byte loads of low
     /// nibbles and one of high bit pairs give its four runs of 32 values with 16-bit shifts
     /// and masks; `vpmaddubsw` takes each run against the activations into pairs and
@@ -3235,20 +3280,19 @@ mod x86 {
         x: [(&[i8], &[f32], &[i16]); N],
         (out, m, j): (&mut [f32], usize, usize),
     ) {
-        use super::{Q6K_BYTES, SUPER};
-        let supers = x.first().map_or(0, |x| x.1.len());
-        let xq: [&[[i8; SUPER]]; N] = std::array::from_fn(|k| x[k].0.as_chunks::<SUPER>().0);
-        let xs: [&[f32]; N] = std::array::from_fn(|k| x[k].1);
-        let xsum: [&[[i16; 16]]; N] = std::array::from_fn(|k| x[k].2.as_chunks::<16>().0);
-        if supers == 0
-            || m < N
-            || (0..N)
-                .any(|k| xq[k].len() < supers || xs[k].len() < supers || xsum[k].len() < supers)
-        {
+        let Some(Q6kViews {
+            qs,
+            scs,
+            ds,
+            xq,
+            xs,
+            xsum,
+            supers,
+            rows,
+        }) = Q6kViews::of((q, sc, ds), x, m)
+        else {
             return;
-        }
-        let (qs, scs) = (q.as_chunks::<Q6K_BYTES>().0, sc.as_chunks::<16>().0);
-        let rows = qs.len().min(scs.len()).min(ds.len()) / supers;
+        };
         // SAFETY: loads of exactly 32 or 16 bytes from fixed-size arrays, prefetch hints,
         // register arithmetic.
         unsafe {
@@ -3326,12 +3370,13 @@ mod x86 {
     /// of `super::dot_q6k`. Per half super-block (128 values), one 64-byte load of low
     /// nibbles holds values 0-63 (low nibbles) and 64-127 (high nibbles), and one 32-byte
     /// load of high bit pairs, in both 256-bit halves, gives their top two bits by a
-    /// bit-matrix multiply (`vgf2p8affineqb`, a matrix per 256-bit half); `vpmaddubsw` multiplies the 6-bit values (unsigned, `q` in
-    /// 0..64) by the activations into pairs (at most 2 * 63 * 127, inside i16), and
-    /// `vpdpwssd` multiplies each pair by its sub-block's scale (spread by `vpermw`) and
-    /// adds it into 32-bit lanes. The `- 32` comes off once per super-block: 32 times the
-    /// scales against the activations' sums of 16 (`vpmaddwd`). A super-block's integers
-    /// stay below 2^25, and one conversion and one multiply-add scale them.
+    /// bit-matrix multiply (`vgf2p8affineqb`, a matrix per 256-bit half); `vpmaddubsw`
+    /// multiplies the 6-bit values (unsigned, `q` in 0..64) by the activations into pairs
+    /// (at most 2 * 63 * 127, inside i16), and `vpdpwssd` multiplies each pair by its
+    /// sub-block's scale (spread by `vpermw`) and adds it into 32-bit lanes. The `- 32`
+    /// comes off once per super-block: 32 times the scales against the activations' sums
+    /// of 16 (`vpmaddwd`). A super-block's integers stay below 2^25, and one conversion and
+    /// one multiply-add scale them.
     ///
     /// Takes every row of `w` (whole rows of as many super-blocks as each activation row
     /// has scales) against `N` activation rows `x`, into `out[i * m + j + k]` for row `i`
@@ -3343,7 +3388,6 @@ mod x86 {
         x: [(&[i8], &[f32], &[i16]); N],
         (out, m, j): (&mut [f32], usize, usize),
     ) {
-        use super::{Q6K_BYTES, SUPER};
         /// `vpermw` indices: 16-bit lane `l` of the 64 values from `64 k` on (pairs
         /// `2l, 2l + 1`) belongs to sub-block `4 k + l / 8`.
         const SPREAD: [[i16; 32]; 4] = {
@@ -3359,20 +3403,19 @@ mod x86 {
             }
             a
         };
-        let supers = x.first().map_or(0, |x| x.1.len());
-        // Each activation row as super-blocks: values, scale, sums of 16.
-        let xq: [&[[i8; SUPER]]; N] = std::array::from_fn(|k| x[k].0.as_chunks::<SUPER>().0);
-        let xs: [&[f32]; N] = std::array::from_fn(|k| x[k].1);
-        let xsum: [&[[i16; 16]]; N] = std::array::from_fn(|k| x[k].2.as_chunks::<16>().0);
-        if supers == 0
-            || m < N
-            || (0..N)
-                .any(|k| xq[k].len() < supers || xs[k].len() < supers || xsum[k].len() < supers)
-        {
+        let Some(Q6kViews {
+            qs,
+            scs,
+            ds,
+            xq,
+            xs,
+            xsum,
+            supers,
+            rows,
+        }) = Q6kViews::of((q, sc, ds), x, m)
+        else {
             return;
-        }
-        let (qs, scs) = (q.as_chunks::<Q6K_BYTES>().0, sc.as_chunks::<16>().0);
-        let rows = qs.len().min(scs.len()).min(ds.len()) / supers;
+        };
         // SAFETY: loads of exactly 64, 32 or 16 bytes from fixed-size arrays, prefetch
         // hints, register arithmetic.
         unsafe {
