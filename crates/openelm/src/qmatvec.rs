@@ -3301,6 +3301,48 @@ mod x86 {
         }
     }
 
+    /// The row and super-block loops of the Q6_K kernels, on the operands of a
+    /// [`Q6kViews`]: for each whole weight row, `N` accumulators start at `$zero`; for each
+    /// super-block, after the prefetches, `$add` adds its products into `acc` (with `qb`,
+    /// `scb`, the super-block index `b` and its scale `d` as f32); `$sum` reduces each
+    /// accumulator into `out[r * m + j + k]`. Expanded inside each kernel, so that the
+    /// body is compiled with the kernel's target features.
+    macro_rules! q6k_rows {
+        ($views:expr, ($out:expr, $m:expr, $j:expr), $zero:expr, $sum:path,
+         |$acc:ident, $qb:ident, $scb:ident, $b:ident, $d:ident| $add:block) => {{
+            let v = &$views;
+            for r in 0..v.rows {
+                let mut $acc = [$zero; N];
+                for $b in 0..v.supers {
+                    let at = r * v.supers + $b;
+                    let (Some($qb), Some($scb), Some(d)) =
+                        (v.qs.get(at), v.scs.get(at), v.ds.get(at))
+                    else {
+                        continue;
+                    };
+                    // Three lines of values per super-block, and the scales' lines, ahead:
+                    // the sub-block scales as far ahead as the values, the super-block
+                    // scales (a line per 32 super-blocks) two lines ahead. Without the
+                    // latter, a third of the kernel's time in the model went to waiting
+                    // for them.
+                    prefetch_ahead($qb.as_ptr(), 3, $scb.as_ptr(), PREFETCH_AHEAD / 12);
+                    _mm_prefetch::<_MM_HINT_T0>((d as *const u16).wrapping_add(64).cast());
+                    // `vcvtph2ps`: Q6_K's super-block scales are often f16 subnormals (a
+                    // row of weights of 0.1 at most has `d` near 2^-16), which the bit
+                    // trick of `f16_to_f32` turns into an f32 subnormal product, and a
+                    // multiply with a subnormal input took 42% of the kernel's time.
+                    let $d = f16_scale(*d);
+                    $add
+                }
+                for (k, a) in $acc.iter().enumerate() {
+                    if let Some(o) = $out.get_mut(r * $m + $j + k) {
+                        *o = $sum(*a);
+                    }
+                }
+            }
+        }};
+    }
+
     /// A Q6_K kernel's operands in whole super-blocks: the weights' values, sub-block
     /// scales and super-block scales, each of the `N` activation rows' values, scales and
     /// sums of 16, the super-blocks per row and the whole weight rows. `None` when the
@@ -3357,19 +3399,10 @@ mod x86 {
         x: [(&[i8], &[f32], &[i16]); N],
         (out, m, j): (&mut [f32], usize, usize),
     ) {
-        let Some(Q6kViews {
-            qs,
-            scs,
-            ds,
-            xq,
-            xs,
-            xsum,
-            supers,
-            rows,
-        }) = Q6kViews::of((q, sc, ds), x, m)
-        else {
+        let Some(views) = Q6kViews::of((q, sc, ds), x, m) else {
             return;
         };
+        let (xq, xs, xsum) = (views.xq, views.xs, views.xsum);
         // SAFETY: loads of exactly 32 or 16 bytes from fixed-size arrays, prefetch hints,
         // register arithmetic.
         unsafe {
@@ -3381,17 +3414,12 @@ mod x86 {
                 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
                 2, 3, 2, 3,
             );
-            for r in 0..rows {
-                let mut acc = [_mm256_setzero_ps(); N];
-                for b in 0..supers {
-                    let at = r * supers + b;
-                    let (Some(qb), Some(scb), Some(d)) = (qs.get(at), scs.get(at), ds.get(at))
-                    else {
-                        continue;
-                    };
-                    // As in the AVX-512 kernel.
-                    prefetch_ahead(qb.as_ptr(), 3, scb.as_ptr(), PREFETCH_AHEAD / 12);
-                    _mm_prefetch::<_MM_HINT_T0>((d as *const u16).wrapping_add(64).cast());
+            q6k_rows!(
+                views,
+                (out, m, j),
+                _mm256_setzero_ps(),
+                hsum,
+                |acc, qb, scb, b, d| {
                     let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scb.as_ptr().cast()));
                     let mut ints: [__m256i; N] = std::array::from_fn(|k| {
                         let sums = _mm256_loadu_si256(xsum[k][b].as_ptr().cast());
@@ -3428,18 +3456,12 @@ mod x86 {
                             }
                         }
                     }
-                    let d = f16_scale(*d);
                     for k in 0..N {
                         let scale = _mm256_set1_ps(d * xs[k][b]);
                         acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints[k]), scale, acc[k]);
                     }
                 }
-                for (k, a) in acc.iter().enumerate() {
-                    if let Some(o) = out.get_mut(r * m + j + k) {
-                        *o = hsum(*a);
-                    }
-                }
-            }
+            );
         }
     }
 
@@ -3480,19 +3502,10 @@ mod x86 {
             }
             a
         };
-        let Some(Q6kViews {
-            qs,
-            scs,
-            ds,
-            xq,
-            xs,
-            xsum,
-            supers,
-            rows,
-        }) = Q6kViews::of((q, sc, ds), x, m)
-        else {
+        let Some(views) = Q6kViews::of((q, sc, ds), x, m) else {
             return;
         };
+        let (xq, xs, xsum) = (views.xq, views.xs, views.xsum);
         // SAFETY: loads of exactly 64, 32 or 16 bytes from fixed-size arrays, prefetch
         // hints, register arithmetic.
         unsafe {
@@ -3510,21 +3523,12 @@ mod x86 {
             let high_nibble = _mm512_set1_epi64(0x1020_4080_0000_0000);
             let spread: [__m512i; 4] =
                 std::array::from_fn(|k| _mm512_loadu_si512(SPREAD[k].as_ptr().cast()));
-            for r in 0..rows {
-                let mut acc = [_mm512_setzero_ps(); N];
-                for b in 0..supers {
-                    let at = r * supers + b;
-                    let (Some(qb), Some(scb), Some(d)) = (qs.get(at), scs.get(at), ds.get(at))
-                    else {
-                        continue;
-                    };
-                    // Three lines of values per super-block, and the scales' lines, ahead:
-                    // the sub-block scales as far ahead as the values, the super-block
-                    // scales (a line per 32 super-blocks) two lines ahead. Without the
-                    // latter, a third of the kernel's time in the model went to waiting
-                    // for them.
-                    prefetch_ahead(qb.as_ptr(), 3, scb.as_ptr(), PREFETCH_AHEAD / 12);
-                    _mm_prefetch::<_MM_HINT_T0>((d as *const u16).wrapping_add(64).cast());
+            q6k_rows!(
+                views,
+                (out, m, j),
+                _mm512_setzero_ps(),
+                _mm512_reduce_add_ps,
+                |acc, qb, scb, b, d| {
                     let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scb.as_ptr().cast()));
                     // `- 32 * sum(sc * x)`, as each row's accumulator's start.
                     let mut ints: [__m512i; N] = std::array::from_fn(|k| {
@@ -3563,22 +3567,12 @@ mod x86 {
                             ints[k] = _mm512_dpwssd_epi32(ints[k], phi, shi);
                         }
                     }
-                    // `vcvtph2ps`: Q6_K's super-block scales are often f16 subnormals (a
-                    // row of weights of 0.1 at most has `d` near 2^-16), which the bit
-                    // trick of `f16_to_f32` turns into an f32 subnormal product, and a
-                    // multiply with a subnormal input took 42% of this kernel's time.
-                    let d = f16_scale(*d);
                     for k in 0..N {
                         let scale = _mm512_set1_ps(d * xs[k][b]);
                         acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints[k]), scale, acc[k]);
                     }
                 }
-                for (k, a) in acc.iter().enumerate() {
-                    if let Some(o) = out.get_mut(r * m + j + k) {
-                        *o = _mm512_reduce_add_ps(*a);
-                    }
-                }
-            }
+            );
         }
     }
 
