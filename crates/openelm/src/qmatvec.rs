@@ -324,27 +324,9 @@ impl BlockMatrix {
     /// low nibbles, 64 of high bit pairs, 16 `i8` scales, an f16 scale: 210 bytes) split
     /// into the three arrays of [`Quants::Q6K`] and [`scales`](Self::scales).
     fn from_q6k(name: &str, q: &QTensor) -> Result<Self> {
-        let bad = |detail: String| Error::Quantization {
-            name: name.to_string(),
-            dtype: "Q6K".to_string(),
-            detail,
-        };
-        let (rows, cols) = q.shape().dims2().map_err(|e| bad(e.to_string()))?;
         const BYTES: usize = 210;
-        if cols % SUPER != 0 {
-            return Err(bad(format!(
-                "rows of {cols} values are not whole super-blocks of {SUPER}"
-            )));
-        }
-        let data = q.data()?;
+        let (rows, cols, data) = block_data(name, q, (SUPER, BYTES))?;
         let supers = rows * cols / SUPER;
-        if data.len() != supers * BYTES {
-            return Err(bad(format!(
-                "{} bytes of data, expected {}",
-                data.len(),
-                supers * BYTES
-            )));
-        }
         let mut values = Aligned::with_capacity(supers * Q6K_BYTES);
         let mut sc = Aligned::with_capacity(supers * 16);
         let mut scales = Vec::with_capacity(supers);
@@ -368,28 +350,9 @@ impl BlockMatrix {
 
     /// [`from_qtensor`](Self::from_qtensor) for Q4_K.
     fn from_q4k(name: &str, q: &QTensor, tiled: bool) -> Result<Self> {
-        let bad = |detail: String| Error::Quantization {
-            name: name.to_string(),
-            dtype: "Q4K".to_string(),
-            detail,
-        };
-        let (rows, cols) = q.shape().dims2().map_err(|e| bad(e.to_string()))?;
         // A super-block: d, dmin (f16), 12 bytes of 6-bit scales and mins, 128 of values.
-        const SUPER: usize = 256;
         const BYTES: usize = 144;
-        if cols % SUPER != 0 {
-            return Err(bad(format!(
-                "rows of {cols} values are not whole super-blocks"
-            )));
-        }
-        let data = q.data()?;
-        if data.len() != rows * cols / SUPER * BYTES {
-            return Err(bad(format!(
-                "{} bytes of data, expected {}",
-                data.len(),
-                rows * cols / SUPER * BYTES
-            )));
-        }
+        let (rows, cols, data) = block_data(name, q, (SUPER, BYTES))?;
         let mut q4 = Vec::with_capacity(rows * cols / BLOCK * (2 + BLOCK / 2));
         let mut offsets = Vec::with_capacity(rows * cols / BLOCK);
         for sb in data.chunks_exact(BYTES) {
@@ -431,29 +394,19 @@ impl BlockMatrix {
 
     /// [`from_qtensor`](Self::from_qtensor), with Q4_0 tiled for the tile kernels or not.
     fn repack(name: &str, q: &QTensor, tiled: bool) -> Result<Self> {
-        let bad = |detail: String| Error::Quantization {
-            name: name.to_string(),
-            dtype: format!("{:?}", q.dtype()),
-            detail,
-        };
-        let (rows, cols) = q.shape().dims2().map_err(|e| bad(e.to_string()))?;
-        if cols % BLOCK != 0 {
-            return Err(bad(format!("rows of {cols} values are not whole blocks")));
-        }
-        let data = q.data()?;
-        let blocks = rows * cols / BLOCK;
         let block_bytes = match q.dtype() {
             GgmlDType::Q8_0 => 2 + BLOCK,
             GgmlDType::Q4_0 => 2 + BLOCK / 2,
-            other => return Err(bad(format!("{other:?} has no block kernel"))),
+            other => {
+                return Err(Error::Quantization {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                    detail: format!("{other:?} has no block kernel"),
+                });
+            }
         };
-        if data.len() != blocks * block_bytes {
-            return Err(bad(format!(
-                "{} bytes of data, expected {}",
-                data.len(),
-                blocks * block_bytes
-            )));
-        }
+        let (rows, cols, data) = block_data(name, q, (BLOCK, block_bytes))?;
+        let blocks = rows * cols / BLOCK;
         let mut scales = Vec::with_capacity(blocks);
         // Only Q4_0 has a tile kernel (Q8_0 rows, twice as long, decode as fast one by one).
         let block_groups = tiled && q.dtype() == GgmlDType::Q4_0;
@@ -826,6 +779,35 @@ fn q4_value(row: &[u8], (nb, block_groups): (usize, bool), b: usize, e: usize) -
         let byte = row[b * BLOCK / 2 + e % 16];
         if e < 16 { byte & 0x0F } else { byte >> 4 }
     }
+}
+
+/// A block-quantized tensor's rows, columns and bytes, checked: two dimensions, rows of
+/// whole blocks of `values`, `bytes` per block. `name` is for errors.
+fn block_data<'a>(
+    name: &str,
+    q: &'a QTensor,
+    (values, bytes): (usize, usize),
+) -> Result<(usize, usize, std::borrow::Cow<'a, [u8]>)> {
+    let bad = |detail: String| Error::Quantization {
+        name: name.to_string(),
+        dtype: format!("{:?}", q.dtype()),
+        detail,
+    };
+    let (rows, cols) = q.shape().dims2().map_err(|e| bad(e.to_string()))?;
+    if cols % values != 0 {
+        return Err(bad(format!(
+            "rows of {cols} values are not whole blocks of {values}"
+        )));
+    }
+    let data = q.data()?;
+    let want = rows * cols / values * bytes;
+    if data.len() != want {
+        return Err(bad(format!(
+            "{} bytes of data, expected {want}",
+            data.len()
+        )));
+    }
+    Ok((rows, cols, data))
 }
 
 /// Value `v` (0..256, in 0..64: offset by 32) of a Q6_K super-block's 192 bytes of
@@ -1617,42 +1599,73 @@ mod x86 {
                     Ok(c) => _mm256_loadu_ps(c.as_ptr()),
                     Err(_) => _mm256_setzero_ps(),
                 });
-            let sign = _mm256_set1_ps(-0.0);
-            let abs = |a: __m256| _mm256_andnot_ps(sign, a);
-            let m = _mm256_max_ps(
-                _mm256_max_ps(abs(v[0]), abs(v[1])),
-                _mm256_max_ps(abs(v[2]), abs(v[3])),
-            );
-            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-            let m = _mm_max_ss(m, _mm_movehdup_ps(m));
-            let amax = _mm_cvtss_f32(m);
-            let d = amax / 127.0;
-            let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-            let half = _mm256_set1_ps(0.5);
-            let i: [__m256i; 4] = std::array::from_fn(|k| {
-                let r = _mm256_mul_ps(v[k], inv);
-                let h = _mm256_or_ps(half, _mm256_and_ps(sign, r));
-                _mm256_cvttps_epi32(_mm256_add_ps(r, h))
-            });
+            let m = v
+                .iter()
+                .fold(_mm256_setzero_ps(), |m, &a| _mm256_max_ps(m, abs(a)));
+            let d = hmax(m) / 127.0;
+            let i = round_to_i32(v, if d > 0.0 { 1.0 / d } else { 0.0 });
             let total =
                 _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
-            let t = _mm_add_epi32(
-                _mm256_castsi256_si128(total),
-                _mm256_extracti128_si256(total, 1),
-            );
-            let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b01_00_11_10));
-            let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b10_11_00_01));
-            let packed = _mm256_packs_epi16(
-                _mm256_packs_epi32(i[0], i[1]),
-                _mm256_packs_epi32(i[2], i[3]),
-            );
-            // The packs interleave 128-bit lanes; put the 4-byte groups back in order.
-            let ordered =
-                _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-            _mm256_storeu_si256(q.as_mut_ptr().cast(), ordered);
-            (d, _mm_cvtsi128_si32(t))
+            store_i8(i, q);
+            (d, hsum_i32(total))
         }
+    }
+
+    /// `|a|`, lane by lane.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn abs(a: __m256) -> __m256 {
+        _mm256_andnot_ps(_mm256_set1_ps(-0.0), a)
+    }
+
+    /// The largest of eight lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn hmax(m: __m256) -> f32 {
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+    }
+
+    /// The sum of eight 32-bit lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn hsum_i32(t: __m256i) -> i32 {
+        let t = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b01_00_11_10));
+        _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0b10_11_00_01)))
+    }
+
+    /// 32 values times `inv`, rounded half away from zero (a signed 0.5 added, then
+    /// truncated) as the portable loops round.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn round_to_i32(v: [__m256; 4], inv: f32) -> [__m256i; 4] {
+        let (inv, half, sign) = (
+            _mm256_set1_ps(inv),
+            _mm256_set1_ps(0.5),
+            _mm256_set1_ps(-0.0),
+        );
+        v.map(|v| {
+            let r = _mm256_mul_ps(v, inv);
+            let h = _mm256_or_ps(half, _mm256_and_ps(sign, r));
+            _mm256_cvttps_epi32(_mm256_add_ps(r, h))
+        })
+    }
+
+    /// 32 values of at most 127 in magnitude stored as bytes, in order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store_i8(i: [__m256i; 4], q: &mut [i8; BLOCK]) {
+        let packed = _mm256_packs_epi16(
+            _mm256_packs_epi32(i[0], i[1]),
+            _mm256_packs_epi32(i[2], i[3]),
+        );
+        // The packs interleave 128-bit lanes; put the 4-byte groups back in order.
+        let ordered =
+            _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: a 32-byte store into a 32-byte array.
+        unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), ordered) };
     }
 
     /// A run of four quantized activation blocks (128 bytes) in the order of
@@ -1666,25 +1679,10 @@ mod x86 {
         unsafe {
             let a = _mm512_loadu_si512(run.as_ptr().cast());
             let b = _mm512_loadu_si512(run[64..].as_ptr().cast());
+            // Dword `s` of blocks 0-3, in each 128-bit lane.
+            let first = _mm512_broadcast_i32x4(_mm_setr_epi32(0, 8, 16, 24));
             for s in 0..8 {
-                let idx = _mm512_setr_epi32(
-                    s,
-                    8 + s,
-                    16 + s,
-                    24 + s,
-                    s,
-                    8 + s,
-                    16 + s,
-                    24 + s,
-                    s,
-                    8 + s,
-                    16 + s,
-                    24 + s,
-                    s,
-                    8 + s,
-                    16 + s,
-                    24 + s,
-                );
+                let idx = _mm512_add_epi32(first, _mm512_set1_epi32(s));
                 let step = _mm512_permutex2var_epi32(a, idx, b);
                 _mm512_storeu_si512(out[64 * s as usize..].as_mut_ptr().cast(), step);
             }
@@ -1702,39 +1700,20 @@ mod x86 {
         // 32-byte arrays; register arithmetic otherwise.
         unsafe {
             let (xv, _) = x.as_chunks::<8>();
-            let sign = _mm256_set1_ps(-0.0);
             let m = xv.iter().fold(_mm256_setzero_ps(), |m, c| {
-                _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(c.as_ptr())))
+                _mm256_max_ps(m, abs(_mm256_loadu_ps(c.as_ptr())))
             });
-            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-            let m = _mm_max_ss(m, _mm_movehdup_ps(m));
-            let d = _mm_cvtss_f32(m) / 127.0;
-            let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-            let half = _mm256_set1_ps(0.5);
-            for (xb, qb) in xv.chunks_exact(4).zip(q.as_chunks_mut::<32>().0) {
-                let i: [__m256i; 4] = std::array::from_fn(|k| {
-                    let r = _mm256_mul_ps(_mm256_loadu_ps(xb[k].as_ptr()), inv);
-                    let h = _mm256_or_ps(half, _mm256_and_ps(sign, r));
-                    _mm256_cvttps_epi32(_mm256_add_ps(r, h))
-                });
-                // The sums of values 0-15 and 16-31.
-                for pair in [[i[0], i[1]], [i[2], i[3]]] {
-                    let t = _mm256_add_epi32(pair[0], pair[1]);
-                    let t =
-                        _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-                    let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b01_00_11_10));
-                    let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b10_11_00_01));
-                    // At most 16 * 127: inside i16.
-                    sums16.push(_mm_cvtsi128_si32(t) as i16);
-                }
-                let packed = _mm256_packs_epi16(
-                    _mm256_packs_epi32(i[0], i[1]),
-                    _mm256_packs_epi32(i[2], i[3]),
+            let d = hmax(m) / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (xb, qb) in xv.chunks_exact(4).zip(q.as_chunks_mut::<BLOCK>().0) {
+                let i = round_to_i32(
+                    std::array::from_fn(|k| _mm256_loadu_ps(xb[k].as_ptr())),
+                    inv,
                 );
-                let ordered =
-                    _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-                _mm256_storeu_si256(qb.as_mut_ptr().cast(), ordered);
+                // The sums of values 0-15 and 16-31 (at most 16 * 127: inside i16).
+                sums16.push(hsum_i32(_mm256_add_epi32(i[0], i[1])) as i16);
+                sums16.push(hsum_i32(_mm256_add_epi32(i[2], i[3])) as i16);
+                store_i8(i, qb);
             }
             d
         }
@@ -3304,18 +3283,19 @@ mod x86 {
     /// The row and super-block loops of the Q6_K kernels, on the operands of a
     /// [`Q6kViews`]: for each whole weight row, `N` accumulators start at `$zero`; for each
     /// super-block, after the prefetches, `$add` adds its products into `acc` (with `qb`,
-    /// `scb`, the super-block index `b` and its scale `d` as f32); `$sum` reduces each
+    /// the super-block index `b`, its scale `d` as f32, its sub-block scales `sc16` and the
+    /// rows' `offsets`); `$sum` reduces each
     /// accumulator into `out[r * m + j + k]`. Expanded inside each kernel, so that the
     /// body is compiled with the kernel's target features.
     macro_rules! q6k_rows {
         ($views:expr, ($out:expr, $m:expr, $j:expr), $zero:expr, $sum:path,
-         |$acc:ident, $qb:ident, $scb:ident, $b:ident, $d:ident| $add:block) => {{
+         |$acc:ident, $qb:ident, $b:ident, $d:ident, $sc16:ident, $offsets:ident| $add:block) => {{
             let v = &$views;
             for r in 0..v.rows {
                 let mut $acc = [$zero; N];
                 for $b in 0..v.supers {
                     let at = r * v.supers + $b;
-                    let (Some($qb), Some($scb), Some(d)) =
+                    let (Some($qb), Some(scb), Some(d)) =
                         (v.qs.get(at), v.scs.get(at), v.ds.get(at))
                     else {
                         continue;
@@ -3325,13 +3305,21 @@ mod x86 {
                     // scales (a line per 32 super-blocks) two lines ahead. Without the
                     // latter, a third of the kernel's time in the model went to waiting
                     // for them.
-                    prefetch_ahead($qb.as_ptr(), 3, $scb.as_ptr(), PREFETCH_AHEAD / 12);
+                    prefetch_ahead($qb.as_ptr(), 3, scb.as_ptr(), PREFETCH_AHEAD / 12);
                     _mm_prefetch::<_MM_HINT_T0>((d as *const u16).wrapping_add(64).cast());
                     // `vcvtph2ps`: Q6_K's super-block scales are often f16 subnormals (a
                     // row of weights of 0.1 at most has `d` near 2^-16), which the bit
                     // trick of `f16_to_f32` turns into an f32 subnormal product, and a
                     // multiply with a subnormal input took 42% of the kernel's time.
                     let $d = f16_scale(*d);
+                    // The sixteen sub-block scales as i16, and per activation row the
+                    // `32 * sum(sc * x)` that the `- 32` of the values takes off, in eight
+                    // 32-bit lanes.
+                    let $sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scb.as_ptr().cast()));
+                    let $offsets: [__m256i; N] = std::array::from_fn(|k| {
+                        let sums = _mm256_loadu_si256(v.xsum[k][$b].as_ptr().cast());
+                        _mm256_slli_epi32::<5>(_mm256_madd_epi16($sc16, sums))
+                    });
                     $add
                 }
                 for (k, a) in $acc.iter().enumerate() {
@@ -3402,7 +3390,7 @@ mod x86 {
         let Some(views) = Q6kViews::of((q, sc, ds), x, m) else {
             return;
         };
-        let (xq, xs, xsum) = (views.xq, views.xs, views.xsum);
+        let (xq, xs) = (views.xq, views.xs);
         // SAFETY: loads of exactly 32 or 16 bytes from fixed-size arrays, prefetch hints,
         // register arithmetic.
         unsafe {
@@ -3419,12 +3407,9 @@ mod x86 {
                 (out, m, j),
                 _mm256_setzero_ps(),
                 hsum,
-                |acc, qb, scb, b, d| {
-                    let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scb.as_ptr().cast()));
+                |acc, qb, b, d, sc16, offsets| {
                     let mut ints: [__m256i; N] = std::array::from_fn(|k| {
-                        let sums = _mm256_loadu_si256(xsum[k][b].as_ptr().cast());
-                        let offset = _mm256_madd_epi16(sc16, sums);
-                        _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(offset))
+                        _mm256_sub_epi32(_mm256_setzero_si256(), offsets[k])
                     });
                     for h in 0..2 {
                         let at = |o: usize| _mm256_loadu_si256(qb[o..].as_ptr().cast());
@@ -3505,7 +3490,7 @@ mod x86 {
         let Some(views) = Q6kViews::of((q, sc, ds), x, m) else {
             return;
         };
-        let (xq, xs, xsum) = (views.xq, views.xs, views.xsum);
+        let (xq, xs) = (views.xq, views.xs);
         // SAFETY: loads of exactly 64, 32 or 16 bytes from fixed-size arrays, prefetch
         // hints, register arithmetic.
         unsafe {
@@ -3528,15 +3513,12 @@ mod x86 {
                 (out, m, j),
                 _mm512_setzero_ps(),
                 _mm512_reduce_add_ps,
-                |acc, qb, scb, b, d| {
-                    let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scb.as_ptr().cast()));
+                |acc, qb, b, d, sc16, offsets| {
                     // `- 32 * sum(sc * x)`, as each row's accumulator's start.
                     let mut ints: [__m512i; N] = std::array::from_fn(|k| {
-                        let sums = _mm256_loadu_si256(xsum[k][b].as_ptr().cast());
-                        let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc16, sums));
                         _mm512_sub_epi32(
                             _mm512_setzero_si512(),
-                            _mm512_inserti64x4::<0>(_mm512_setzero_si512(), offset),
+                            _mm512_inserti64x4::<0>(_mm512_setzero_si512(), offsets[k]),
                         )
                     });
                     let sc512 = _mm512_castsi256_si512(sc16);
@@ -4145,25 +4127,32 @@ mod tests {
         }
     }
 
+    /// Blocks of `L` activations for comparing quantizers: `seeds` random ones of growing
+    /// range, then zeros, exact ties at half steps, extremes of sign, and one large value
+    /// among small ones.
+    fn quantization_cases<const L: usize>(seeds: u64) -> Vec<[f32; L]> {
+        let mut blocks: Vec<[f32; L]> = (0..seeds)
+            .map(|seed| {
+                let v = uniform(L, 1.0 + seed as f32, seed);
+                std::array::from_fn(|i| v[i])
+            })
+            .collect();
+        let half = L as f32 / 2.0;
+        blocks.push([0.0; L]);
+        blocks.push(std::array::from_fn(|i| {
+            (i as f32 - half) * 127.0 / half + 0.5
+        }));
+        blocks.push(std::array::from_fn(|i| if i % 2 == 0 { -3.0 } else { 1.5 }));
+        blocks.push(std::array::from_fn(|i| if i == L / 3 { 1e4 } else { 1e-3 }));
+        blocks
+    }
+
     #[test]
     fn super_block_quantization_is_the_same_with_and_without_avx2() {
         if !avx2() {
             return;
         }
-        let mut blocks: Vec<[f32; SUPER]> = (0..50u64)
-            .map(|seed| {
-                let v = uniform(SUPER, 1.0 + seed as f32, seed);
-                std::array::from_fn(|i| v[i])
-            })
-            .collect();
-        // Zeros, exact ties at half steps, extremes of sign, one large value among small.
-        blocks.push([0.0; SUPER]);
-        blocks.push(std::array::from_fn(|i| {
-            (i as f32 - 128.0) * 127.0 / 128.0 + 0.5
-        }));
-        blocks.push(std::array::from_fn(|i| if i % 2 == 0 { -3.0 } else { 3.0 }));
-        blocks.push(std::array::from_fn(|i| if i == 77 { 1e4 } else { 1e-3 }));
-        for (n, xb) in blocks.iter().enumerate() {
+        for (n, xb) in quantization_cases::<SUPER>(50).iter().enumerate() {
             let (mut a, mut b) = ([0i8; SUPER], [0i8; SUPER]);
             let (mut sa, mut sb) = (Vec::new(), Vec::new());
             let fast = quantize_super_block(true, xb, &mut a, &mut sa);
@@ -4180,19 +4169,7 @@ mod tests {
         if !avx2() {
             return;
         }
-        let mut blocks: Vec<[f32; BLOCK]> = (0..200u64)
-            .map(|seed| {
-                let v = uniform(BLOCK, 1.0 + seed as f32, seed);
-                std::array::from_fn(|i| v[i])
-            })
-            .collect();
-        // Zeros, exact ties at half steps, and extremes of sign.
-        blocks.push([0.0; BLOCK]);
-        blocks.push(std::array::from_fn(|i| {
-            (i as f32 - 16.0) * 127.0 / 16.0 + 0.5
-        }));
-        blocks.push(std::array::from_fn(|i| if i % 2 == 0 { -3.0 } else { 1.5 }));
-        for (n, xb) in blocks.iter().enumerate() {
+        for (n, xb) in quantization_cases::<BLOCK>(200).iter().enumerate() {
             let (mut a, mut b) = ([0i8; BLOCK], [0i8; BLOCK]);
             let fast = quantize_block(true, xb, &mut a);
             let plain = quantize_block(false, xb, &mut b);
@@ -4519,27 +4496,29 @@ mod tests {
                         "({j}, {r}): {} vs {want}",
                         y[j * rows + r]
                     );
+                    // Each kernel on its own, where the CPU has it.
                     #[cfg(target_arch = "x86_64")]
-                    if avx512() {
-                        // SAFETY: `avx512()` found the kernel's features.
-                        #[allow(unsafe_code)]
-                        let got = unsafe {
-                            let mut one = [0f32];
-                            x86::rows_q6k_512(w, [xj], (&mut one, 1, 0));
-                            one[0]
-                        };
-                        assert!(close(got), "AVX-512 ({j}, {r}): {got} vs {want}");
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    if avx2() {
-                        // SAFETY: `avx2()` found the kernel's features.
-                        #[allow(unsafe_code)]
-                        let got = unsafe {
-                            let mut one = [0f32];
-                            x86::rows_q6k_256(w, [xj], (&mut one, 1, 0));
-                            one[0]
-                        };
-                        assert!(close(got), "AVX2 ({j}, {r}): {got} vs {want}");
+                    {
+                        type Kernel = unsafe fn(
+                            (&[u8], &[i8], &[u16]),
+                            [(&[i8], &[f32], &[i16]); 1],
+                            (&mut [f32], usize, usize),
+                        );
+                        let kernels: [(&str, bool, Kernel); 2] = [
+                            ("AVX-512", avx512(), x86::rows_q6k_512::<1>),
+                            ("AVX2", avx2(), x86::rows_q6k_256::<1>),
+                        ];
+                        for (name, has, kernel) in kernels {
+                            if has {
+                                let mut one = [0f32];
+                                // SAFETY: `has` is the check for the kernel's features.
+                                #[allow(unsafe_code)]
+                                unsafe {
+                                    kernel(w, [xj], (&mut one, 1, 0))
+                                };
+                                assert!(close(one[0]), "{name} ({j}, {r}): {} vs {want}", one[0]);
+                            }
+                        }
                     }
                     if j == m {
                         assert_eq!(want, 0.0, "zero activations, row {r}");
