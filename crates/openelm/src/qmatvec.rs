@@ -2872,6 +2872,106 @@ mod x86 {
         }
     }
 
+    /// [`tile4_runs`] for two tiles at once (eight weight rows against the same four
+    /// activation rows): each activation step is loaded once for both tiles, halving the
+    /// loads per integer product (with one tile, 32 of a run's 36 loads were activation
+    /// steps). The slices are checked once for the whole range, not per run; a range they
+    /// do not cover goes to [`tile4_runs`] tile by tile. The offset term goes into each
+    /// accumulator's sum (its offset sum is left as it is), so that the two tiles' eight
+    /// accumulators stay in registers.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c,gfni")]
+    unsafe fn tile4x2_runs<const OFF: bool>(
+        acc: [&mut Acc4; 2],
+        w: [&[u8]; 2],
+        f: [(&[u16], &[u16]); 2],
+        rows: Rows4<'_>,
+        blocks: std::ops::Range<usize>,
+    ) {
+        let (xst, xs, xsum) = rows;
+        let end = blocks.end;
+        // Run `r` (a block index, `r + 4 <= end`) reads weight bytes `64r..64r + 256`,
+        // scales `4r..4r + 16`, activation bytes `128r..128r + 512` and activation scales
+        // and sums `r..r + 4` of each activation row.
+        let covered = blocks.start <= end
+            && (end - blocks.start).is_multiple_of(4)
+            && w.iter().all(|w| w.len() >= 64 * end)
+            && f.iter()
+                .all(|(ws, es)| ws.len() >= 4 * end && (!OFF || es.len() >= 4 * end))
+            && xst.iter().all(|x| x.len() >= 128 * end)
+            && xs.iter().chain(&xsum).all(|x| x.len() >= end);
+        let [acc0, acc1] = acc;
+        if !covered {
+            // SAFETY: the features are this function's.
+            unsafe {
+                tile4_runs::<OFF>(acc0, w[0], f[0], rows, blocks.clone());
+                tile4_runs::<OFF>(acc1, w[1], f[1], rows, blocks);
+            }
+            return;
+        }
+        // SAFETY: every load below is inside the lengths checked above (see `covered`);
+        // register arithmetic otherwise.
+        unsafe {
+            let low = _mm512_set1_epi8(0x0F);
+            let high = _mm512_set1_epi64(0x1020_4080_0000_0000);
+            let eight = _mm512_set1_ps(8.0);
+            let z = _mm512_setzero_si512();
+            // The running sums, the offset sums kept aside.
+            let (mut s0, mut s1) = (acc0.map(|a| a.0), acc1.map(|a| a.0));
+            let ld = |p: *const u8, at: usize| _mm512_loadu_si512(p.add(at).cast());
+            let (w0, w1) = (w[0].as_ptr(), w[1].as_ptr());
+            let x = xst.map(|x| x.as_ptr().cast::<u8>());
+            for r in blocks.step_by(4) {
+                let mut p0 = [z; 4];
+                let mut p1 = [z; 4];
+                for s in 0..4 {
+                    let (r0, r1) = (ld(w0, 64 * r + 64 * s), ld(w1, 64 * r + 64 * s));
+                    let (l0, h0) = (
+                        _mm512_and_si512(r0, low),
+                        _mm512_gf2p8affine_epi64_epi8::<0>(r0, high),
+                    );
+                    let (l1, h1) = (
+                        _mm512_and_si512(r1, low),
+                        _mm512_gf2p8affine_epi64_epi8::<0>(r1, high),
+                    );
+                    for k in 0..4 {
+                        let xl = ld(x[k], 128 * r + 64 * s);
+                        let xh = ld(x[k], 128 * r + 256 + 64 * s);
+                        p0[k] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(p0[k], l0, xl), h0, xh);
+                        p1[k] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(p1[k], l1, xl), h1, xh);
+                    }
+                }
+                let scales = |(ws, es): (&[u16], &[u16])| {
+                    let d = _mm512_cvtph_ps(_mm256_loadu_si256(ws.as_ptr().add(4 * r).cast()));
+                    let e = if OFF {
+                        _mm512_cvtph_ps(_mm256_loadu_si256(es.as_ptr().add(4 * r).cast()))
+                    } else {
+                        d
+                    };
+                    (d, e)
+                };
+                let ((d0, e0), (d1, e1)) = (scales(f[0]), scales(f[1]));
+                for k in 0..4 {
+                    let xs4 = _mm512_broadcast_f32x4(_mm_loadu_ps(xs[k].as_ptr().add(r)));
+                    let t8 = _mm512_mul_ps(
+                        _mm512_broadcast_f32x4(_mm_loadu_ps(xsum[k].as_ptr().add(r))),
+                        eight,
+                    );
+                    let a =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0[k]), _mm512_mul_ps(d0, xs4), s0[k]);
+                    s0[k] = _mm512_fnmadd_ps(e0, t8, a);
+                    let a =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1[k]), _mm512_mul_ps(d1, xs4), s1[k]);
+                    s1[k] = _mm512_fnmadd_ps(e1, t8, a);
+                }
+            }
+            for k in 0..4 {
+                acc0[k].0 = s0[k];
+                acc1[k].0 = s1[k];
+            }
+        }
+    }
+
     /// The tile's `[row][activation row]` sums from its accumulators, with each row's
     /// leftover blocks (after the whole groups; activation rows `x` plain) added.
     #[inline]
@@ -3131,7 +3231,9 @@ mod x86 {
     /// against activation rows `4g..4g + 4` (`steps` in the order of `Activations::q_steps`
     /// with their scales and sums, `x` plain for the leftover blocks): row `k` of tile `t`
     /// goes to `out[(4t + k) * m + 4g..][..4]`. Each run of a tile is loaded and unpacked
-    /// once for the four activation rows. Four tiles at a time take the activations
+    /// once for the four activation rows, and the tiles go in pairs ([`tile4x2_runs`]), so
+    /// that each activation load serves both (1.43x as fast as one tile at a time on
+    /// 1280-wide rows, in cache, one thread). Four tiles at a time take the activations
     /// `CHUNK` blocks at a time, so that the chunk (four rows in steps, four copies each)
     /// stays in L1 for the four tiles: on rows of 5120 values that ran 1.16x as fast as whole
     /// rows (in cache, one thread).
@@ -3164,12 +3266,25 @@ mod x86 {
             let n = rows.len() / (4 * m);
             let mut acc = [[zero; 4]; 4];
             for c in (0..whole).step_by(CHUNK) {
-                for (i, acc) in acc.iter_mut().enumerate().take(n) {
-                    let Some((w4, f)) = tile(4 * b + i) else {
+                let blocks = c..(c + CHUNK).min(whole);
+                let (pairs, single) = acc.split_at_mut(n / 2 * 2);
+                for (i, [a0, a1]) in pairs.as_chunks_mut::<2>().0.iter_mut().enumerate() {
+                    let (Some((w0, f0)), Some((w1, f1))) =
+                        (tile(4 * b + 2 * i), tile(4 * b + 2 * i + 1))
+                    else {
                         return;
                     };
                     // SAFETY: the features are this function's.
-                    unsafe { tile4_runs::<OFF>(acc, w4, f, steps, c..(c + CHUNK).min(whole)) };
+                    unsafe {
+                        tile4x2_runs::<OFF>([a0, a1], [w0, w1], [f0, f1], steps, blocks.clone())
+                    };
+                }
+                if let (true, Some(acc)) = (n % 2 == 1, single.first_mut()) {
+                    let Some((w4, f)) = tile(4 * b + n - 1) else {
+                        return;
+                    };
+                    // SAFETY: the features are this function's.
+                    unsafe { tile4_runs::<OFF>(acc, w4, f, steps, blocks) };
                 }
             }
             for ((i, tile_out), acc) in rows.chunks_exact_mut(4 * m).enumerate().zip(&acc) {
@@ -3840,14 +3955,15 @@ mod tests {
         // Q4_0 rows of 1 to 40 blocks: no whole group of eight, groups with and without a
         // tail, odd and even block counts. Q4_K rows (whole super-blocks of 256) run on the
         // same kernels with offset factors.
-        let cases = [32, 64, 96, 256, 288, 352, 1280]
+        // 2048 values: more than one pass of the prompt kernel's activation chunks.
+        let cases = [32, 64, 96, 256, 288, 352, 1280, 2048]
             .map(|c| (GgmlDType::Q4_0, c))
             .into_iter()
             .chain([256, 512, 1280].map(|c| (GgmlDType::Q4K, c)));
-        for (dtype, cols) in cases {
+        // Nine rows: two tiles (a pair for the AVX-512 prompt kernel) and a row after them;
+        // thirteen: a pair, a tile on its own and a row.
+        for (dtype, cols, n) in cases.flat_map(|(d, c)| [(d, c, 9), (d, c, 13)]) {
             let nb = cols / BLOCK;
-            // Nine rows: two tiles for the AVX-512 decode kernel and a row after them.
-            let n = 9;
             let w = Tensor::from_vec(uniform(n * cols, 0.05, 7), (n, cols), &dev)?;
             let q = QTensor::quantize(&w, dtype)?;
             let (bm, tiled) = if dtype == GgmlDType::Q4K {
@@ -3865,7 +3981,7 @@ mod tests {
             let x = uniform(m * cols, 1.0, 8);
             let act = Activations::quantize(&x, m, cols, Layouts::StepsAndHalves);
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
-            let at = |layout: &str| format!("{dtype:?} cols {cols} {layout}");
+            let at = |layout: &str| format!("{dtype:?} cols {cols} rows {n} {layout}");
             for (layout, w) in [("row-major", &bm), ("tiled", &tiled)] {
                 products_match_portable(w, &bm, &x, m, &at(layout));
             }
