@@ -726,8 +726,12 @@ impl BlockMatrix {
                 .for_each(|(c, ys)| rows(self, &act, c * chunk, ys, 1));
         } else {
             // Prefill: each task takes a band of weight rows and runs every activation row
-            // against it while the band is in cache; the result comes out transposed.
-            let chunk = chunk_rows(self.rows).min(16);
+            // against it while the band is in cache; the result comes out transposed. Each
+            // band reads all the activations again (four copies of each step: 2.6 MB for
+            // 128 rows of 5120), so bands of up to 128 rows rather than 16: on 128 rows, 2
+            // threads, 1.05-1.15x as fast on 1280x5120, 1152x1280 and 10240x1280 matrices.
+            // Whole tiles, so that no band starts inside one.
+            let chunk = chunk_rows(self.rows).min(128).next_multiple_of(TILE);
             let mut yt = vec![0f32; self.rows * m];
             yt.par_chunks_mut(chunk * m)
                 .enumerate()
