@@ -27,7 +27,8 @@ Steps it performs:
      The tokenizer.* key/values are copied from llama.cpp's models/ggml-vocab-llama-spm.gguf
      (32000-token llama SPM vocab); pass VOCAB_GGUF=/path to override the location.
   3. For each dtype, in a fresh subprocess (so peak RSS is per dtype): loads the model with
-     llama_cpp.Llama(n_threads=2, n_ctx=512, n_batch=128), does one untimed warm-up, then
+     llama_cpp.Llama(n_threads=2, n_ctx=max(512, prompt + gen), n_batch=128), does one
+     untimed warm-up, then
      2 repetitions of: evaluate a 128-token prompt (prompt tok/s), then generate 64 tokens
      greedily one at a time (argmax of the logits, one eval per token; generated tok/s).
      Prints a table, plus peak RSS (resource.getrusage ru_maxrss).
@@ -177,7 +178,9 @@ def quantize(src, dst, ftype):
 def measure(path, reps, n_prompt, n_gen):
     import numpy as np
     import llama_cpp
-    llm = llama_cpp.Llama(model_path=path, n_threads=2, n_threads_batch=2, n_ctx=512, n_batch=128,
+    # The context holds the prompt and the generated tokens (512 at least, as before).
+    n_ctx = max(512, n_prompt + n_gen)
+    llm = llama_cpp.Llama(model_path=path, n_threads=2, n_threads_batch=2, n_ctx=n_ctx, n_batch=128,
                           n_ubatch=128, logits_all=False, verbose=False)
     rng = np.random.default_rng(1)
     prompt = [int(t) for t in rng.integers(3, VOCAB, n_prompt)]
@@ -266,7 +269,7 @@ def main():
         for i, (pp, tg) in enumerate(res["runs"]):
             rows.append((dt, i + 1, pp, tg, res["rss_mib"], res["size_mib"]))
             print(f"{dt} rep {i + 1}: prompt {pp:.1f} tok/s, gen {tg:.1f} tok/s", flush=True)
-    print(f"\nllama.cpp OpenELM-270M, n_threads=2, n_ctx=512, n_batch=128, prompt={a.prompt}, gen={a.gen}")
+    print(f"\nllama.cpp OpenELM-270M, n_threads=2, n_ctx={max(512, a.prompt + a.gen)}, n_batch=128, prompt={a.prompt}, gen={a.gen}")
     print(f"{'dtype':<6} {'rep':>3} {'prompt tok/s':>13} {'gen tok/s':>10} {'peak RSS MiB':>13} {'file MiB':>9}")
     for dt, i, pp, tg, rss, sz in rows:
         print(f"{dt:<6} {i:>3} {pp:>13.1f} {tg:>10.1f} {rss:>13.0f} {sz:>9.0f}")

@@ -1,4 +1,5 @@
-//! Attention of one new position over the KV cache (decoding), as one CPU op.
+//! Attention over the KV cache as CPU ops: of one new position (decoding), and of a prompt's
+//! new positions, causally ([`CausalAttention`]).
 //!
 //! While decoding, the two attention products are tiny (one query row per head against the
 //! cached keys and values), and candle's general matmul asks the OS for the CPU topology on
@@ -177,6 +178,94 @@ fn decode_attention<T: Wide>(
     Ok((CpuStorage::F32(out), Shape::from((d.b, d.g, d.r, d.hd))))
 }
 
+/// `q [B, G, R * S, hd]` (already scaled, contiguous; row `r * S + i` is query head `r` of
+/// KV head `g` at the `i`-th of `S` new positions), `k`, `v` `[B, G, T, hd]` (last dim
+/// contiguous; the last `S` of the `T` positions are the new ones) -> `[B, G, S, R, hd]`:
+/// causal attention of a prompt (or any run of new positions), new position `i` attending
+/// over cached positions `0..T - S + i + 1`. `q` in f32; `k` and `v` both in f32 or both in
+/// f16.
+///
+/// The same arithmetic as the scores, mask, softmax and product of tensor ops, without the
+/// `[B, G, R * S, T]` score tensors: for a prompt of 1024 tokens those were 84 MB per layer
+/// (and as much again for the mask's sum and the softmax), whose allocation, page faults
+/// and passes cost more than the products. Each new position's `R` query heads read their
+/// KV head's keys and values once, as a decode step's do.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CausalAttention {
+    /// New positions: the last `s` of the cached ones.
+    pub(crate) s: usize,
+}
+
+/// [`CausalAttention`]'s name, in its errors.
+const CAUSAL: &str = "openelm-causal-attention";
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        CAUSAL
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        match (sq, sk, sv) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                causal_attention(q, (lq, lk, lv), k, v, self.s)
+            }
+            (CpuStorage::F32(q), CpuStorage::F16(k), CpuStorage::F16(v)) => {
+                causal_attention(q, (lq, lk, lv), k, v, self.s)
+            }
+            _ => candle_core::bail!("{CAUSAL}: q must be f32, and k and v both f32 or both f16"),
+        }
+    }
+}
+
+/// [`CausalAttention`] on cached keys and values of type `T`: one task per new position of
+/// each KV head, spread over the pool.
+fn causal_attention<T: Wide>(
+    q: &[f32],
+    (lq, lk, lv): (&Layout, &Layout, &Layout),
+    k: &[T],
+    v: &[T],
+    s: usize,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let d = Dims::of((lq, lk, lv), q.len(), k, v)?;
+    if s == 0 || !d.r.is_multiple_of(s) || d.t < s {
+        candle_core::bail!(
+            "{CAUSAL}: {} query rows per KV head and {} cached positions do not hold {s} new positions",
+            d.r,
+            d.t
+        );
+    }
+    let (rep, past, hd) = (d.r / s, d.t - s, d.hd);
+    let mut out = vec![0f32; d.query_rows() * hd];
+    if rep * hd > 0 {
+        out.par_chunks_mut(rep * hd).enumerate().for_each_init(
+            || (Vec::new(), Vec::with_capacity(rep * hd)),
+            |(scores, qs), (item, o)| {
+                // Item `bg * s + i`: KV head `bg`, new position `i`; its query rows are
+                // `r * s + i` of the head's `R * S`.
+                let (bg, i) = (item / s, item % s);
+                qs.clear();
+                for r in 0..rep {
+                    let at = (bg * d.r + r * s + i) * hd;
+                    qs.extend_from_slice(q.get(at..at + hd).unwrap_or(&[]));
+                }
+                if qs.len() == rep * hd {
+                    let (kr, vr) = (d.rows(k, lk, bg), d.rows(v, lv, bg));
+                    attend(qs, kr, vr, past + i + 1, scores, o);
+                }
+            },
+        );
+    }
+    Ok((CpuStorage::F32(out), Shape::from((d.b, d.g, s, rep, hd))))
+}
+
 /// The attention step of one decoded position as [`Share`]s for the decode helpers: `q`
 /// `[B, G, R, hd]` (scaled, row-major), `k` and `v` the cache's `[B, G, T, hd]` views on the
 /// CPU, both f32 or both f16. Returns the share and where each of the `parts` parts starts
@@ -286,6 +375,72 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("f32 or f16") && err.contains("BF16"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn causal_attention_gives_what_masked_tensor_ops_give() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        // (sequences, KV heads, query heads per KV head, head width, positions before, new
+        // positions): the x86 kernels' widths and a portable one, with and without earlier
+        // positions, one new position and several.
+        for (b, g, rep, hd, past, s) in [
+            (1, 3, 4, 64, 0, 9),
+            (2, 2, 2, 128, 5, 4),
+            (1, 1, 3, 24, 7, 1),
+            (1, 2, 1, 64, 0, 33),
+        ] {
+            let t = past + s;
+            for dtype in [DType::F32, DType::F16] {
+                let q =
+                    Tensor::from_vec(values(b * g * rep * s * hd, 1), (b, g, rep * s, hd), &dev)?;
+                let q = (q * 0.3)?;
+                // The cache as the model holds it: views of a longer allocation.
+                let cache = |seed| -> candle_core::Result<Tensor> {
+                    Tensor::from_vec(values(b * g * 50 * hd, seed), (b, g, 50, hd), &dev)?
+                        .to_dtype(dtype)?
+                        .narrow(2, 0, t)
+                };
+                let (k, v) = (cache(2)?, cache(3)?);
+                let got = q.apply_op3_no_bwd(&k, &v, &CausalAttention { s })?;
+                assert_eq!(got.dims(), &[b, g, s, rep, hd]);
+                // Row `r * s + i` may see positions `0..=past + i`.
+                let mask: Vec<f32> = (0..rep * s)
+                    .flat_map(|row| {
+                        (0..t).map(move |j| {
+                            if j > past + row % s {
+                                f32::NEG_INFINITY
+                            } else {
+                                0.0
+                            }
+                        })
+                    })
+                    .collect();
+                let mask = Tensor::from_vec(mask, (rep * s, t), &dev)?;
+                let (k32, v32) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+                let scores = q.matmul(&k32.t()?)?.broadcast_add(&mask)?;
+                let want = candle_nn::ops::softmax_last_dim(&scores)?
+                    .matmul(&v32)?
+                    .reshape((b, g, rep, s, hd))?
+                    .transpose(2, 3)?;
+                let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(
+                    diff < 1e-5,
+                    "{b}x{g}x{rep}x{hd}, {past} + {s} positions, {dtype:?}: off by {diff}"
+                );
+            }
+        }
+        // New positions the cache cannot hold are refused, naming the op.
+        let (q, k) = (
+            Tensor::zeros((1, 1, 6, 8), DType::F32, &dev)?,
+            Tensor::zeros((1, 1, 2, 8), DType::F32, &dev)?,
+        );
+        let err = q
+            .apply_op3_no_bwd(&k, &k, &CausalAttention { s: 3 })
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(CAUSAL), "{err}");
         Ok(())
     }
 

@@ -344,6 +344,19 @@ impl Attention {
                 .reshape((b, s, n_q * hd))?;
             return self.out.forward(&y);
         }
+        if q.dtype() == DType::F32
+            && matches!(k.dtype(), DType::F32 | DType::F16)
+            && q.device().is_cpu()
+        {
+            // A prompt: the causal mask applied by position inside one op, no score tensors
+            // (see `attention::CausalAttention`); out comes `[B, G, S, R, hd]`.
+            let y = q
+                .contiguous()?
+                .apply_op3_no_bwd(&k, &v, &crate::attention::CausalAttention { s })?
+                .transpose(1, 2)?
+                .reshape((b, s, n_q * hd))?;
+            return self.out.forward(&y);
+        }
         let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
         let scores = q.matmul(&k.t()?)?;
         let scores = match mask {
