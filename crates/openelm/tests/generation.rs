@@ -239,3 +239,56 @@ fn bad_settings_and_bad_tokens_are_typed() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn a_long_prompt_in_chunks_gives_the_logits_of_one_pass() {
+    let mut model = common::long_model();
+    let vocab = model.config().vocab_size as u32;
+    // Past two of the chunks that `forward_last` runs a long prompt in, and not a multiple.
+    let prompt: Vec<u32> = (0..300u32).map(|i| 3 + (i * 37) % (vocab - 3)).collect();
+    let ids = Tensor::new(prompt.as_slice(), model.device()).expect("ids");
+    let whole = model.forward(&ids, 0).expect("forward");
+    let want = whole
+        .squeeze(0)
+        .and_then(|t| t.get(prompt.len() - 1))
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("last row");
+    model.clear_kv_cache();
+    let got = model
+        .forward_last(&ids, 0)
+        .and_then(|t| Ok(t.squeeze(0)?.to_vec1::<f32>()?))
+        .expect("forward_last");
+    assert_eq!(model.seq_len(), prompt.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst <= 1e-4 * scale.max(1.0),
+        "off by {worst} at scale {scale}"
+    );
+    // The next position continues from the chunked cache as from the whole pass's.
+    let next = model.forward_tokens(&[5]).expect("next");
+    model.clear_kv_cache();
+    model.forward(&ids, 0).expect("forward");
+    let again = model.forward_tokens(&[5]).expect("next");
+    let worst = next
+        .iter()
+        .zip(&again)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst <= 1e-4 * scale.max(1.0),
+        "next position off by {worst}"
+    );
+    // A bad token late in a long prompt is refused before any chunk runs.
+    model.clear_kv_cache();
+    let mut bad = prompt.clone();
+    bad[250] = vocab;
+    let bad = Tensor::new(bad.as_slice(), model.device()).expect("ids");
+    let err = model
+        .forward_last(&bad, 0)
+        .expect_err("token past the vocabulary");
+    assert!(err.to_string().contains(&vocab.to_string()), "{err}");
+    assert_eq!(model.seq_len(), 0, "nothing appended to the cache");
+}
