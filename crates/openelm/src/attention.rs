@@ -22,6 +22,18 @@ use rayon::prelude::*;
 use crate::helper::Share;
 use crate::simd::{Rows, Wide, attend};
 
+/// `$body` with `$q`, `$k` and `$v` bound to the op's f32 queries and its keys and values,
+/// both f32 or both f16 (the cache's dtypes): the ops' one dispatch on storage types.
+macro_rules! on_cache {
+    ($name:expr, ($sq:expr, $sk:expr, $sv:expr), |$q:ident, $k:ident, $v:ident| $body:expr) => {
+        match ($sq, $sk, $sv) {
+            (CpuStorage::F32($q), CpuStorage::F32($k), CpuStorage::F32($v)) => $body,
+            (CpuStorage::F32($q), CpuStorage::F16($k), CpuStorage::F16($v)) => $body,
+            _ => candle_core::bail!("{}: q must be f32, and k and v both f32 or both f16", $name),
+        }
+    };
+}
+
 /// `q [B, G, R, hd]` (already scaled, contiguous), `k`, `v` `[B, G, T, hd]` (last dim
 /// contiguous) -> `[B, G, R, hd]`: for each KV head `g`, its `R` query heads attend over all
 /// `T` cached positions. `q` in f32; `k` and `v` both in f32 or both in f16.
@@ -45,15 +57,12 @@ impl CustomOp3 for DecodeAttention {
         sv: &CpuStorage,
         lv: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match (sq, sk, sv) {
-            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                decode_attention(q, (lq, lk, lv), k, v)
-            }
-            (CpuStorage::F32(q), CpuStorage::F16(k), CpuStorage::F16(v)) => {
-                decode_attention(q, (lq, lk, lv), k, v)
-            }
-            _ => candle_core::bail!("{NAME}: q must be f32, and k and v both f32 or both f16"),
-        }
+        on_cache!(NAME, (sq, sk, sv), |q, k, v| decode_attention(
+            q,
+            (lq, lk, lv),
+            k,
+            v
+        ))
     }
 }
 
@@ -213,15 +222,13 @@ impl CustomOp3 for CausalAttention {
         sv: &CpuStorage,
         lv: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match (sq, sk, sv) {
-            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                causal_attention(q, (lq, lk, lv), k, v, self.s)
-            }
-            (CpuStorage::F32(q), CpuStorage::F16(k), CpuStorage::F16(v)) => {
-                causal_attention(q, (lq, lk, lv), k, v, self.s)
-            }
-            _ => candle_core::bail!("{CAUSAL}: q must be f32, and k and v both f32 or both f16"),
-        }
+        on_cache!(CAUSAL, (sq, sk, sv), |q, k, v| causal_attention(
+            q,
+            (lq, lk, lv),
+            k,
+            v,
+            self.s
+        ))
     }
 }
 

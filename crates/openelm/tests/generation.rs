@@ -260,10 +260,9 @@ fn a_long_prompt_in_chunks_gives_the_logits_of_one_pass() {
         .expect("forward_last");
     assert_eq!(model.seq_len(), prompt.len());
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = got
-        .iter()
-        .zip(&want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let max_diff =
+        |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let worst = max_diff(&got, &want);
     assert!(
         worst <= 1e-4 * scale.max(1.0),
         "off by {worst} at scale {scale}"
@@ -273,10 +272,7 @@ fn a_long_prompt_in_chunks_gives_the_logits_of_one_pass() {
     model.clear_kv_cache();
     model.forward(&ids, 0).expect("forward");
     let again = model.forward_tokens(&[5]).expect("next");
-    let worst = next
-        .iter()
-        .zip(&again)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let worst = max_diff(&next, &again);
     assert!(
         worst <= 1e-4 * scale.max(1.0),
         "next position off by {worst}"
