@@ -1,17 +1,17 @@
-//! Attention over the KV cache as CPU ops: of one new position (decoding), and of a prompt's
-//! new positions, causally ([`CausalAttention`]).
+//! Attention over the KV cache on the CPU, without score tensors.
 //!
-//! While decoding, the two attention products are tiny (one query row per head against the
-//! cached keys and values), and candle's general matmul asks the OS for the CPU topology on
-//! every call (reading `/proc/cpuinfo` when `RAYON_NUM_THREADS` is unset): twice per layer
-//! per token, which cost more than the products themselves. This op does the whole step —
-//! scores, softmax in f32, weighted sum of values — in one pass, reading the cache through
-//! its strides (no copy). A cache kept in f16 (see `Model::kv_cache_dtype`) is read at half
-//! the bytes and widened to f32 in registers.
+//! [`CausalAttention`] is one op for any run of new positions (a prompt, or one decoded
+//! position through the tensor path): the scores, the causal mask applied by position, the
+//! softmax in f32 and the weighted sum of values in one pass, reading the cache through its
+//! strides (no copy). A cache kept in f16 (see `Model::kv_cache_dtype`) is read at half the
+//! bytes and widened to f32 in registers. As tensor ops, a prompt of 1024 tokens made score
+//! tensors of 84 MB per layer, and while decoding candle's general matmul asked the OS for
+//! the CPU topology on every call (reading `/proc/cpuinfo` when `RAYON_NUM_THREADS` is
+//! unset), which cost more than the products themselves.
 //!
-//! The model's one-token path runs the same step as [`decode_shares`]: the query rows cut
-//! into one part per thread, run by the decode helpers (see `helper`) like a product's rows,
-//! with no tensor op at all. Through rayon, the op's tasks cost about 40% more than the
+//! The model's one-token path runs the same arithmetic as [`decode_shares`]: the query rows
+//! cut into one part per thread, run by the decode helpers (see `helper`) like a product's
+//! rows, with no tensor op at all. Through rayon, an op's tasks cost about 40% more than the
 //! step's arithmetic on this machine.
 
 use std::sync::Arc;
@@ -22,51 +22,10 @@ use rayon::prelude::*;
 use crate::helper::Share;
 use crate::simd::{Rows, Wide, attend};
 
-/// `$body` with `$q`, `$k` and `$v` bound to the op's f32 queries and its keys and values,
-/// both f32 or both f16 (the cache's dtypes): the ops' one dispatch on storage types.
-macro_rules! on_cache {
-    ($name:expr, ($sq:expr, $sk:expr, $sv:expr), |$q:ident, $k:ident, $v:ident| $body:expr) => {
-        match ($sq, $sk, $sv) {
-            (CpuStorage::F32($q), CpuStorage::F32($k), CpuStorage::F32($v)) => $body,
-            (CpuStorage::F32($q), CpuStorage::F16($k), CpuStorage::F16($v)) => $body,
-            _ => candle_core::bail!("{}: q must be f32, and k and v both f32 or both f16", $name),
-        }
-    };
-}
+/// The attention ops' name in the errors they share (the layouts' checks).
+const NAME: &str = "openelm-attention";
 
-/// `q [B, G, R, hd]` (already scaled, contiguous), `k`, `v` `[B, G, T, hd]` (last dim
-/// contiguous) -> `[B, G, R, hd]`: for each KV head `g`, its `R` query heads attend over all
-/// `T` cached positions. `q` in f32; `k` and `v` both in f32 or both in f16.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct DecodeAttention;
-
-/// The op's name, in its errors.
-const NAME: &str = "openelm-decode-attention";
-
-impl CustomOp3 for DecodeAttention {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        sq: &CpuStorage,
-        lq: &Layout,
-        sk: &CpuStorage,
-        lk: &Layout,
-        sv: &CpuStorage,
-        lv: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        on_cache!(NAME, (sq, sk, sv), |q, k, v| decode_attention(
-            q,
-            (lq, lk, lv),
-            k,
-            v
-        ))
-    }
-}
-
-/// The shapes of one decode attention step: `b` sequences, `g` KV heads of `r` query heads
+/// The shapes of an attention step: `b` sequences, `g` KV heads of `r` query heads
 /// each, heads of `hd` values, `t` cached positions.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -169,24 +128,6 @@ fn attend_rows<T: Wide>(
     }
 }
 
-/// [`DecodeAttention`] on cached keys and values of type `T`: the query rows in two parts
-/// per thread of the pool.
-fn decode_attention<T: Wide>(
-    q: &[f32],
-    (lq, lk, lv): (&Layout, &Layout, &Layout),
-    k: &[T],
-    v: &[T],
-) -> candle_core::Result<(CpuStorage, Shape)> {
-    let d = Dims::of((lq, lk, lv), q.len(), k, v)?;
-    let mut out = vec![0f32; d.query_rows() * d.hd];
-    let parts = 2 * rayon::current_num_threads().max(1);
-    let per = d.query_rows().div_ceil(parts).max(1) * d.hd.max(1);
-    out.par_chunks_mut(per)
-        .enumerate()
-        .for_each(|(i, part)| attend_rows(q, (k, lk), (v, lv), d, i * per / d.hd.max(1), part));
-    Ok((CpuStorage::F32(out), Shape::from((d.b, d.g, d.r, d.hd))))
-}
-
 /// `q [B, G, R * S, hd]` (already scaled, contiguous; row `r * S + i` is query head `r` of
 /// KV head `g` at the `i`-th of `S` new positions), `k`, `v` `[B, G, T, hd]` (last dim
 /// contiguous; the last `S` of the `T` positions are the new ones) -> `[B, G, S, R, hd]`:
@@ -222,13 +163,15 @@ impl CustomOp3 for CausalAttention {
         sv: &CpuStorage,
         lv: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        on_cache!(CAUSAL, (sq, sk, sv), |q, k, v| causal_attention(
-            q,
-            (lq, lk, lv),
-            k,
-            v,
-            self.s
-        ))
+        match (sq, sk, sv) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                causal_attention(q, (lq, lk, lv), k, v, self.s)
+            }
+            (CpuStorage::F32(q), CpuStorage::F16(k), CpuStorage::F16(v)) => {
+                causal_attention(q, (lq, lk, lv), k, v, self.s)
+            }
+            _ => candle_core::bail!("{CAUSAL}: q must be f32, and k and v both f32 or both f16"),
+        }
     }
 }
 
@@ -357,7 +300,7 @@ mod tests {
                 };
                 let (k, v) = (cache(2)?, cache(3)?);
                 let want = qt
-                    .apply_op3_no_bwd(&k, &v, &DecodeAttention)?
+                    .apply_op3_no_bwd(&k, &v, &CausalAttention { s: 1 })?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
                 for parts in [1, 2, 3, 5] {
@@ -466,11 +409,11 @@ mod tests {
             let (k16, v16) = (cache(2)?, cache(3)?);
             let (k32, v32) = (k16.to_dtype(DType::F32)?, v16.to_dtype(DType::F32)?);
             let half = q
-                .apply_op3_no_bwd(&k16, &v16, &DecodeAttention)?
+                .apply_op3_no_bwd(&k16, &v16, &CausalAttention { s: 1 })?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
             let full = q
-                .apply_op3_no_bwd(&k32, &v32, &DecodeAttention)?
+                .apply_op3_no_bwd(&k32, &v32, &CausalAttention { s: 1 })?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
             // Widening is exact and the block kernels are the same; only the keys after the
@@ -482,7 +425,10 @@ mod tests {
                 );
             }
             // Mixed caches are refused.
-            assert!(q.apply_op3_no_bwd(&k16, &v32, &DecodeAttention).is_err());
+            assert!(
+                q.apply_op3_no_bwd(&k16, &v32, &CausalAttention { s: 1 })
+                    .is_err()
+            );
         }
         Ok(())
     }

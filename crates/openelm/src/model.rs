@@ -336,25 +336,13 @@ impl Attention {
         let rep = n_q / n_kv;
         let scale = 1.0 / (hd as f64).sqrt();
         let q = (q * scale)?.reshape((b, n_kv, rep * s, hd))?;
-        if s == 1
-            && q.dtype() == DType::F32
-            && matches!(k.dtype(), DType::F32 | DType::F16)
-            && q.device().is_cpu()
-            && mask.is_none()
-        {
-            // Decoding: one op over the cache instead of two general matmuls.
-            let y = q
-                .contiguous()?
-                .apply_op3_no_bwd(&k, &v, &crate::attention::DecodeAttention)?
-                .reshape((b, s, n_q * hd))?;
-            return self.out.forward(&y);
-        }
         if q.dtype() == DType::F32
             && matches!(k.dtype(), DType::F32 | DType::F16)
             && q.device().is_cpu()
         {
-            // A prompt: the causal mask applied by position inside one op, no score tensors
-            // (see `attention::CausalAttention`); out comes `[B, G, S, R, hd]`.
+            // One op, no score tensors (see `attention::CausalAttention`): the causal mask
+            // (the only one the model makes) applied by position; out comes
+            // `[B, G, S, R, hd]`.
             let y = q
                 .contiguous()?
                 .apply_op3_no_bwd(&k, &v, &crate::attention::CausalAttention { s })?
